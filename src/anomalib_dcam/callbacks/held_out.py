@@ -1,0 +1,162 @@
+# Copyright (C) 2026 The anomalib-dcam authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Model selection on held-out normal images (the DCAM paper's protocol).
+
+A seeded 20 % of the training images (all normal) is held out as the validation set
+(``MultiClassMVTec(val_split_mode="from_train", val_split_ratio=0.2, seed=0)``, the datamodule's default). After
+every epoch :class:`HeldOutNormalCheckpoint` computes the mean ``pred_score`` over those images, logs it as
+``val_mean_normal_score`` and keeps the checkpoint where it is lowest. No anomalous image and no test label is used.
+"""
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from anomalib.callbacks.checkpoint import ModelCheckpoint
+from lightning.pytorch import LightningModule, Trainer
+
+__all__ = ["MONITORED_METRIC", "HeldOutNormalCheckpoint"]
+
+logger = logging.getLogger(__name__)
+
+MONITORED_METRIC = "val_mean_normal_score"
+"""Name under which the mean anomaly score of the validation normals is logged."""
+
+
+class HeldOutNormalCheckpoint(ModelCheckpoint):
+    """Keep the checkpoint with the lowest mean anomaly score on held-out normal images.
+
+    anomalib's :class:`~anomalib.callbacks.ModelCheckpoint` (a Lightning ``ModelCheckpoint``) that monitors
+    ``val_mean_normal_score`` (the mean raw ``pred_score`` over the validation set, logged by this callback) with
+    ``mode="min"`` and ``save_top_k=1``. The validation set must consist of normal images only, e.g. the held-out
+    training images of :class:`anomalib_dcam.data.MultiClassMVTec` (its default ``val_split_mode="from_train"``);
+    the callback raises if it sees an anomalous label, because selecting on those would look at test labels.
+
+    anomalib's ``Engine.train`` (and ``anomalib train``) tests the model that is in memory when fit ends, not the
+    best checkpoint. With ``restore_best=True`` the callback loads the selected weights back at the end of fit, so
+    that test evaluates the selected model. Because it is anomalib's ``ModelCheckpoint``, anomalib's engine does not
+    add its own default checkpoint callback and ``engine.best_model_path`` points to the selected checkpoint.
+
+    Args:
+        dirpath: Checkpoint folder; ``None`` for ``<trainer.default_root_dir>/weights/lightning`` (anomalib's place).
+        filename: Checkpoint file name without extension. Defaults to ``"model"`` (anomalib's name).
+        restore_best: Load the selected weights into the model at the end of fit. Defaults to ``True``.
+        save_last: Also save the last epoch as ``last.ckpt`` (Lightning's option). Defaults to ``None``.
+        verbose: Log every checkpoint decision. Defaults to ``False``.
+
+    Raises:
+        ValueError: At the start of fit, if the datamodule has no validation set or its validation set holds
+            anomalous images; the message names the datamodule option ``val_split_mode``.
+
+    Example:
+        >>> from anomalib.engine import Engine
+        >>> engine = Engine(max_epochs=100, callbacks=[HeldOutNormalCheckpoint()])
+        >>> engine.train(model=model, datamodule=MultiClassMVTec(categories=["bottle"]))  # doctest: +SKIP
+
+        From the command line: ``--trainer.callbacks+=anomalib_dcam.callbacks.HeldOutNormalCheckpoint``.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | Path | None = None,
+        filename: str = "model",
+        restore_best: bool = True,
+        save_last: bool | Literal["link"] | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            monitor=MONITORED_METRIC,
+            mode="min",
+            save_top_k=1,
+            save_last=save_last,
+            verbose=verbose,
+            auto_insert_metric_name=False,
+        )
+        self.restore_best = restore_best
+        self._score_sum = torch.zeros((), dtype=torch.float64)
+        self._image_count = 0
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Default the checkpoint folder to where anomalib's engine keeps its checkpoints."""
+        if self.dirpath is None:
+            self.dirpath = str(Path(trainer.default_root_dir) / "weights" / "lightning")
+        super().setup(trainer, pl_module, stage)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Check that the datamodule validates on normal images only."""
+        del pl_module
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "val_split_mode"):
+            return  # plain dataloaders: checked batch by batch instead
+        val_data = getattr(datamodule, "val_data", None)
+        if val_data is None or len(val_data) == 0:
+            msg = (
+                f"HeldOutNormalCheckpoint needs a validation set of held-out normal images, but the datamodule has "
+                f"none (val_split_mode={datamodule.val_split_mode.value!r}); set val_split_mode='from_train'."
+            )
+            raise ValueError(msg)
+        if getattr(val_data, "has_anomalous", False):
+            msg = (
+                f"HeldOutNormalCheckpoint selects on normal images only, but the validation set holds anomalous "
+                f"images (val_split_mode={datamodule.val_split_mode.value!r}); set val_split_mode='from_train'."
+            )
+            raise ValueError(msg)
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start a new mean."""
+        del trainer, pl_module
+        self._score_sum = torch.zeros((), dtype=torch.float64)
+        self._image_count = 0
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Add the batch's raw anomaly scores to the running sum."""
+        del trainer, pl_module, batch_idx, dataloader_idx
+        source = outputs if getattr(outputs, "pred_score", None) is not None else batch
+        scores = getattr(source, "pred_score", None)
+        if scores is None:
+            msg = "HeldOutNormalCheckpoint needs validation_step to return the batch with pred_score set."
+            raise ValueError(msg)
+        labels = getattr(source, "gt_label", None)
+        if labels is not None and bool((labels > 0).any()):
+            msg = (
+                "HeldOutNormalCheckpoint selects on normal images only, but a validation batch holds anomalous "
+                "images; validate on held-out training images (val_split_mode='from_train')."
+            )
+            raise ValueError(msg)
+        scores = scores.detach().flatten().to(torch.float64)
+        self._score_sum = self._score_sum + scores.sum().cpu()
+        self._image_count += scores.numel()
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Log the mean score over all validation images (summed over processes), for the checkpoint decision."""
+        totals = torch.stack([self._score_sum, torch.tensor(float(self._image_count), dtype=torch.float64)])
+        if trainer.world_size > 1:
+            totals = trainer.strategy.reduce(totals.to(pl_module.device), reduce_op="sum").cpu()
+        if totals[1] > 0:
+            mean_score = (totals[0] / totals[1]).float()
+            pl_module.log(MONITORED_METRIC, mean_score, prog_bar=True)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Load the selected weights back into the model, so that the test after fit uses them."""
+        if not self.restore_best or not self.best_model_path:
+            return
+        checkpoint = trainer.strategy.load_checkpoint(self.best_model_path)
+        pl_module.load_state_dict(checkpoint["state_dict"])
+        logger.info(
+            "Restored the checkpoint with the lowest %s (%.6g) from %s",
+            MONITORED_METRIC,
+            float(self.best_model_score) if self.best_model_score is not None else float("nan"),
+            self.best_model_path,
+        )

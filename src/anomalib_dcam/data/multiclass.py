@@ -1,0 +1,387 @@
+# Copyright (C) 2026 The anomalib-dcam authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""One model for many MVTec-layout categories: a dataset and a datamodule over their union.
+
+anomalib's :class:`~anomalib.data.MVTecAD` datamodule trains on one category. :class:`MultiClassMVTec` pools several
+categories of the same root into one training set (the "unified" or multi-class setting) and tests on the union of
+their test sets. File discovery is anomalib's own: every category is read with
+:class:`~anomalib.data.datasets.MVTecADDataset` and the sample tables are concatenated, with a ``category`` column
+added so that every sample knows where it came from.
+
+The batches anomalib builds (:class:`~anomalib.data.ImageBatch`) have no category field, but they carry
+``image_path``; :func:`categories_by_image_path` maps those paths back to the category, which is what
+:class:`anomalib_dcam.callbacks.PerCategoryMetrics` does at test time.
+
+Expected layout (the MVTec AD layout)::
+
+    <root>/<category>/train/good/*.png
+    <root>/<category>/test/good/*.png
+    <root>/<category>/test/<defect>/*.png
+    <root>/<category>/ground_truth/<defect>/*_mask.png
+
+Example:
+    >>> from anomalib_dcam.data import MultiClassMVTec
+    >>> datamodule = MultiClassMVTec(root="./datasets/MVTecAD", categories=["bottle", "cable"])  # doctest: +SKIP
+    >>> datamodule.setup()  # doctest: +SKIP
+    >>> datamodule.train_data.samples.category.unique()  # doctest: +SKIP
+    array(['bottle', 'cable'], dtype=object)
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from anomalib.data.datamodules.base.image import AnomalibDataModule
+from anomalib.data.datasets.base.image import AnomalibDataset
+from anomalib.data.datasets.image.mvtecad import IMG_EXTENSIONS, MVTecADDataset
+from anomalib.data.errors import MisMatchError
+from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode
+from anomalib.utils.path import resolve_dataset_root
+from torchvision.transforms.v2 import Transform
+
+from anomalib_dcam._validation import coerce_choice
+
+__all__ = [
+    "CATEGORY_COLUMN",
+    "MultiClassMVTec",
+    "MultiClassMVTecDataset",
+    "categories_by_image_path",
+    "find_categories",
+    "resolve_categories",
+]
+
+CATEGORY_COLUMN = "category"
+"""Name of the column of ``dataset.samples`` that holds each sample's category."""
+
+ALL_CATEGORIES_NAME = "all"
+"""Run name (``datamodule.category``) when every category found under the root is used."""
+
+
+def find_categories(root: str | Path) -> list[str]:
+    """List the categories under an MVTec-layout root.
+
+    A sub-folder counts as a category when it has a ``train/good`` folder.
+
+    Args:
+        root: Dataset root, e.g. ``./datasets/MVTecAD``.
+
+    Returns:
+        Sorted category names; empty when ``root`` is not a folder or holds no category.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(child.name for child in root.iterdir() if (child / "train" / "good").is_dir())
+
+
+def resolve_categories(root: str | Path, categories: Sequence[str] | str | None) -> list[str]:
+    """Check ``root`` and turn the ``categories`` option into the list of categories to use.
+
+    Args:
+        root: Dataset root.
+        categories: Category names, one name, or ``None`` for every category found under ``root``.
+
+    Returns:
+        The categories, in the order given (sorted when ``categories`` is ``None``).
+
+    Raises:
+        ValueError: If ``root`` is not a folder or holds no category, or if ``categories`` is empty, repeats a name
+            or names a category that is not under ``root``. The message names the option and lists the categories
+            found.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        msg = (
+            f"root={str(root)!r} is not an existing folder; it must hold one folder per category in the MVTec AD "
+            "layout (<root>/<category>/train/good/*.png)."
+        )
+        raise ValueError(msg)
+    found = find_categories(root)
+    if not found:
+        msg = (
+            f"root={str(root)!r} holds no category; a category is a sub-folder with a train/good folder "
+            "(<root>/<category>/train/good/*.png)."
+        )
+        raise ValueError(msg)
+    if categories is None:
+        return found
+    selected = [categories] if isinstance(categories, str) else [str(category) for category in categories]
+    if not selected:
+        msg = f"categories=[] selects nothing; pass None to use every category under root ({', '.join(found)})."
+        raise ValueError(msg)
+    repeated = sorted({category for category in selected if selected.count(category) > 1})
+    if repeated:
+        msg = f"categories={selected!r} names {', '.join(map(repr, repeated))} more than once; name each once."
+        raise ValueError(msg)
+    unknown = [category for category in selected if category not in found]
+    if unknown:
+        msg = (
+            f"categories={selected!r}: {', '.join(map(repr, unknown))} not found under root={str(root)!r}; "
+            f"accepted values are the categories found there: {', '.join(found)}."
+        )
+        raise ValueError(msg)
+    return selected
+
+
+def run_name(categories: Sequence[str], available: Sequence[str]) -> str:
+    """Name a multi-category run (used by anomalib for the results folder).
+
+    Args:
+        categories: The categories in use.
+        available: Every category found under the root.
+
+    Returns:
+        ``"all"`` when every available category is used, else the names joined with ``+``.
+    """
+    if sorted(categories) == sorted(available):
+        return ALL_CATEGORIES_NAME
+    return "+".join(categories)
+
+
+def _defect_images_without_mask(category_root: Path) -> list[str]:
+    """List the defect images of a category that have no ``ground_truth/<defect>/<name>_mask.png``."""
+    missing = []
+    for defect_folder in sorted(path for path in (category_root / "test").glob("*") if path.is_dir()):
+        if defect_folder.name == "good":
+            continue
+        mask_folder = category_root / "ground_truth" / defect_folder.name
+        masks = {path.stem.removesuffix("_mask") for path in mask_folder.glob("*") if path.suffix in IMG_EXTENSIONS}
+        missing += [
+            f"test/{defect_folder.name}/{path.name}"
+            for path in sorted(defect_folder.glob("*"))
+            if path.suffix in IMG_EXTENSIONS and path.stem not in masks
+        ]
+    return missing
+
+
+def _category_samples(root: Path, category: str, split: Split | str | None) -> pd.DataFrame:
+    """Read one category with anomalib's MVTec AD reader and tag its samples with the category.
+
+    Raises:
+        ValueError: If the category has no test images, no training images, or defect images without masks.
+    """
+    category_root = root / category
+    try:
+        # anomalib reads the whole category folder (train, test and ground_truth) whatever the split.
+        samples = MVTecADDataset(root=root, category=category, split=split).samples
+    except (MisMatchError, ValueError, RuntimeError) as error:
+        # anomalib pairs the sorted defect images with the sorted masks; say which image lacks its mask.
+        missing = _defect_images_without_mask(category_root)
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            msg = (
+                f"categories: {category!r} has defect images without a mask under {category_root / 'ground_truth'}:"
+                f" {shown}; every test/<defect>/<name>.png needs ground_truth/<defect>/<name>_mask.png."
+            )
+        else:
+            msg = f"categories: {category!r} could not be read from {category_root}: {error}"
+        raise ValueError(msg) from error
+
+    split_value = split.value if isinstance(split, Split) else split
+    for required_split, folder in ((Split.TEST.value, "test"), (Split.TRAIN.value, "train/good")):
+        if split_value in {None, required_split} and not (samples.split == required_split).any():
+            msg = f"categories: {category!r} has no {required_split} image under {category_root / folder}."
+            raise ValueError(msg)
+    samples[CATEGORY_COLUMN] = category
+    return samples
+
+
+class MultiClassMVTecDataset(AnomalibDataset):
+    """Union of several categories of an MVTec-layout root.
+
+    Each category is read with anomalib's :class:`~anomalib.data.datasets.MVTecADDataset`; the sample tables are
+    concatenated and get a ``category`` column. Items and batches are anomalib's usual
+    :class:`~anomalib.data.ImageItem` / :class:`~anomalib.data.ImageBatch`; map ``image_path`` back to the category
+    with :func:`categories_by_image_path`. Grayscale images are read as RGB (anomalib's ``read_image``).
+
+    Args:
+        root: Dataset root holding one folder per category.
+        categories: Categories to pool; ``None`` for every category under ``root``.
+        split: ``"train"``, ``"test"`` or ``None`` for both.
+        augmentations: Augmentations applied to every item. Defaults to ``None``.
+
+    Raises:
+        ValueError: If ``root`` or ``categories`` is invalid (see :func:`resolve_categories`), or if a category has
+            no test images, no training images, or defect images without masks.
+
+    Example:
+        >>> dataset = MultiClassMVTecDataset("./datasets/MVTecAD", ["bottle", "cable"], split="test")  # doctest: +SKIP
+        >>> dataset.samples.groupby("category").size()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        categories: Sequence[str] | None = None,
+        split: str | Split | None = None,
+        augmentations: Transform | None = None,
+    ) -> None:
+        super().__init__(augmentations=augmentations)
+        self.root = Path(root)
+        self.split = split
+        available = find_categories(self.root)
+        self.categories = resolve_categories(self.root, categories)
+        frames = [_category_samples(self.root, category, split) for category in self.categories]
+        samples = pd.concat(frames, ignore_index=True)
+        # Every category must agree on the task; anomalib infers "segmentation" whenever it reads masks.
+        samples.attrs["task"] = frames[0].attrs.get("task", "segmentation")
+        self.samples = samples
+        self.category = run_name(self.categories, available)
+
+
+def _samples_or_none(dataset: object) -> pd.DataFrame | None:
+    """Return ``dataset.samples``, or ``None`` for an object without a samples table (or one not set yet)."""
+    try:
+        return getattr(dataset, "samples", None)
+    except RuntimeError:  # anomalib raises when the table was never assigned
+        return None
+
+
+def categories_by_image_path(dataset: AnomalibDataset) -> dict[str, str]:
+    """Map each image path of a dataset to its category.
+
+    Works on any anomalib dataset whose ``samples`` table has a ``category`` column, including the subsets that
+    anomalib's splitting utilities derive from a :class:`MultiClassMVTecDataset`.
+
+    Args:
+        dataset: The dataset, e.g. ``datamodule.test_data``.
+
+    Returns:
+        ``{image_path: category}``; empty when the samples carry no category.
+    """
+    samples = _samples_or_none(dataset)
+    if samples is None or CATEGORY_COLUMN not in samples.columns:
+        return {}
+    return dict(zip(samples.image_path.astype(str), samples[CATEGORY_COLUMN].astype(str), strict=True))
+
+
+class MultiClassMVTec(AnomalibDataModule):
+    """Datamodule that trains one model on the union of several MVTec-layout categories.
+
+    The options mirror anomalib's :class:`~anomalib.data.MVTecAD`, with ``categories`` in place of ``category``.
+    The defaults follow the DCAM paper's model selection: a seeded 20 % of the pooled training images (all normal)
+    is held out as the validation set (``val_split_mode="from_train"``), disjoint from the training set and the same
+    for a given ``seed``. Pair it with :class:`anomalib_dcam.callbacks.HeldOutNormalCheckpoint` to keep the
+    checkpoint with the lowest mean anomaly score on those images; test labels are never looked at. Any other
+    anomalib ``ValSplitMode`` works as with ``MVTecAD`` (e.g. ``"same_as_test"``).
+
+    anomalib names the results folder ``<model>/<datamodule.name>/<datamodule.category>``: here ``name`` is the root
+    folder's name (e.g. ``MVTecAD``) and ``category`` is ``"all"`` when every category under ``root`` is used, else
+    the category names joined with ``+`` (e.g. ``results/Dcam/MVTecAD/all/v0``).
+
+    Args:
+        root: Dataset root holding one folder per category. Defaults to ``"./datasets/MVTecAD"``.
+        categories: Categories to pool, e.g. ``["bottle", "magnetic_tile"]``; ``None`` (default) uses every folder
+            of ``root`` that has ``train/good``.
+        train_batch_size: Training batch size. Defaults to ``32``.
+        eval_batch_size: Validation and test batch size. Defaults to ``32``.
+        num_workers: Dataloader workers. Defaults to ``8``.
+        train_augmentations: Augmentations of the training images. Defaults to ``None``.
+        val_augmentations: Augmentations of the validation images. Defaults to ``None``.
+        test_augmentations: Augmentations of the test images. Defaults to ``None``.
+        augmentations: Augmentations used where no stage-specific one is given. Defaults to ``None``.
+        test_split_mode: anomalib ``TestSplitMode``: ``"from_dir"`` (default), ``"synthetic"`` or ``"none"``.
+        test_split_ratio: Fraction of training images moved to the test set when the test set has no normal image.
+            Defaults to ``0.2``.
+        val_split_mode: anomalib ``ValSplitMode``: ``"from_train"`` (default, held-out normals), ``"same_as_test"``,
+            ``"from_test"``, ``"synthetic"`` or ``"none"``.
+        val_split_ratio: Fraction of the pooled training (or test) images held out for validation.
+            Defaults to ``0.2``.
+        seed: Seed of the random splits; ``None`` gives a different split each run. Defaults to ``0``.
+
+    Raises:
+        ValueError: If ``root`` does not exist or holds no category, if ``categories`` names a category not under
+            ``root`` (the message lists those found), or if a split option is out of range. A category without
+            test images, training images or masks for its defect images raises ``ValueError`` at ``setup``.
+
+    Example:
+        >>> from anomalib.engine import Engine
+        >>> from anomalib_dcam import Dcam
+        >>> from anomalib_dcam.callbacks import HeldOutNormalCheckpoint, PerCategoryMetrics
+        >>> datamodule = MultiClassMVTec(root="./datasets/MVTecAD", categories=["bottle", "cable"])  # doctest: +SKIP
+        >>> engine = Engine(max_epochs=100, callbacks=[HeldOutNormalCheckpoint(), PerCategoryMetrics()])
+        >>> engine.train(model=Dcam(), datamodule=datamodule)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        root: Path | str | None = "./datasets/MVTecAD",
+        categories: Sequence[str] | None = None,
+        train_batch_size: int = 32,
+        eval_batch_size: int = 32,
+        num_workers: int = 8,
+        train_augmentations: Transform | None = None,
+        val_augmentations: Transform | None = None,
+        test_augmentations: Transform | None = None,
+        augmentations: Transform | None = None,
+        test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
+        test_split_ratio: float = 0.2,
+        val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TRAIN,
+        val_split_ratio: float = 0.2,
+        seed: int | None = 0,
+    ) -> None:
+        # Fail on bad options here rather than deep inside anomalib's splitting code.
+        val_split_mode = coerce_choice(val_split_mode, ValSplitMode, "val_split_mode")
+        test_split_mode = coerce_choice(test_split_mode, TestSplitMode, "test_split_mode")
+        for option, ratio in (("val_split_ratio", val_split_ratio), ("test_split_ratio", test_split_ratio)):
+            if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio < 1:
+                msg = f"{option}={ratio!r} is not accepted; it must be a number strictly between 0 and 1."
+                raise ValueError(msg)
+        super().__init__(
+            train_batch_size=train_batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            train_augmentations=train_augmentations,
+            val_augmentations=val_augmentations,
+            test_augmentations=test_augmentations,
+            augmentations=augmentations,
+            test_split_mode=test_split_mode,
+            test_split_ratio=test_split_ratio,
+            val_split_mode=val_split_mode,
+            val_split_ratio=val_split_ratio,
+            seed=seed,
+        )
+        self.root = resolve_dataset_root(root, "MVTecAD")
+        self.categories = resolve_categories(self.root, categories)
+        self.category = run_name(self.categories, find_categories(self.root))
+
+    @property
+    def name(self) -> str:
+        """Name of the dataset: the root folder's name, e.g. ``"MVTecAD"``.
+
+        anomalib names the results folder ``<model>/<name>/<category>`` and its image visualizer keeps the part of
+        each image path after ``<name>``; with the root's name, heat maps land in
+        ``images/<category>/test/<defect>/<file>`` instead of colliding across categories.
+        """
+        return Path(self.root).resolve().name or self.__class__.__name__
+
+    def _setup(self, _stage: str | None = None) -> None:
+        """Read the training and test images of every category.
+
+        anomalib's base class then builds the validation set from these (``val_split_mode``).
+        """
+        self.train_data = MultiClassMVTecDataset(root=self.root, categories=self.categories, split=Split.TRAIN)
+        self.test_data = MultiClassMVTecDataset(root=self.root, categories=self.categories, split=Split.TEST)
+
+    def summary(self) -> pd.DataFrame:
+        """Count the images of every subset per category (after :meth:`setup`).
+
+        Returns:
+            One row per category with the columns ``train``, ``val``, ``test_normal`` and ``test_anomalous``
+            (a subset that does not exist, or that carries no category, is left out).
+        """
+        columns = {}
+        for subset in ("train", "val", "test"):
+            samples = _samples_or_none(getattr(self, f"{subset}_data", None))
+            if samples is None or CATEGORY_COLUMN not in samples.columns:
+                continue
+            if subset == "test":
+                anomalous = samples.label_index == LabelName.ABNORMAL
+                columns["test_normal"] = samples[~anomalous].groupby(CATEGORY_COLUMN).size()
+                columns["test_anomalous"] = samples[anomalous].groupby(CATEGORY_COLUMN).size()
+            else:
+                columns[subset] = samples.groupby(CATEGORY_COLUMN).size()
+        table = pd.DataFrame(columns).reindex(self.categories).fillna(0).astype(int)
+        table.index.name = CATEGORY_COLUMN
+        return table
