@@ -33,7 +33,7 @@ RUNS: dict[str, tuple[str, dict, float]] = {
 }
 
 
-def build_model(name: str):  # noqa: ANN201
+def build_model(name: str):
     """Build the model of a run, with the shared backbone and pyramid."""
     from anomalib.models import Stfpm
     from torch import optim
@@ -49,6 +49,7 @@ def build_model(name: str):  # noqa: ANN201
 
         def configure_optimizers(self) -> optim.Optimizer:
             return optim.SGD(self.model.student_model.parameters(), lr=lr, momentum=0.9, weight_decay=0.001)
+
     return TunedStfpm(backbone=BACKBONE, layers=PYRAMID)
 
 

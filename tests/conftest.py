@@ -11,8 +11,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANOMALIB_DCAM_AUTOLOAD", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 REAL_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "industrial"
 BIN_DIR = Path(sys.executable).parent

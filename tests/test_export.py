@@ -57,8 +57,10 @@ def test_torch_export_holds_teacher_and_student_only(trained_dcam: Dcam, tmp_pat
     # The live model keeps its attention blocks for further training.
     assert len(trained_dcam.model.attention) == 3
     with torch.no_grad():
-        assert torch.equal(exported(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)).pred_score, trained_dcam(
-            torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)).pred_score)
+        assert torch.equal(
+            exported(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)).pred_score,
+            trained_dcam(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)).pred_score,
+        )
 
 
 def _initializer_numel(path: Path) -> int:

@@ -13,7 +13,6 @@ from anomalib.models.image import Stfpm
 
 from anomalib_dcam import Dcam
 from anomalib_dcam.models.dcam import DcamModel, DcamTrainOutput
-
 from conftest import requires_lite0
 
 IMAGE_SIZE = 64
@@ -183,7 +182,7 @@ def test_enum_members_and_case_are_accepted() -> None:
 
 
 def _stfpm_with_random_teacher() -> Stfpm:
-    """anomalib's Stfpm, built without hub weights (its teacher is random, as Dcam's is here)."""
+    """Anomalib's Stfpm, built without hub weights (its teacher is random, as Dcam's is here)."""
 
     def random_extractor(**kwargs: object) -> TimmFeatureExtractor:
         return TimmFeatureExtractor(**{**kwargs, "pre_trained": False})

@@ -11,8 +11,6 @@ Example:
     >>> model = Dcam(backbone="tf_efficientnet_lite0")  # doctest: +SKIP
 """
 
-from importlib import import_module
-
 __version__ = "0.1.0"
 
 _LAZY_ATTRIBUTES = {
@@ -27,6 +25,7 @@ __all__ = ["Dcam", "DcamLoss", "DcamModel", "__version__"]
 def __getattr__(name: str) -> object:
     """Import the public classes on first access (PEP 562)."""
     if name in _LAZY_ATTRIBUTES:
-        return getattr(import_module(_LAZY_ATTRIBUTES[name]), name)
+        # __import__ rather than importlib: importing importlib would add to every interpreter start-up.
+        return getattr(__import__(_LAZY_ATTRIBUTES[name], fromlist=[name]), name)
     msg = f"module 'anomalib_dcam' has no attribute {name!r}"
     raise AttributeError(msg)

@@ -14,7 +14,6 @@ docs/plugin.md for the measurement). Set ``ANOMALIB_DCAM_AUTOLOAD=0`` to switch 
 import os
 import sys
 
-
 _WATCHED_MODULE = "anomalib.models"
 _PLUGIN_MODULE = "anomalib_dcam.models.dcam"
 _DISABLE_VARIABLE = "ANOMALIB_DCAM_AUTOLOAD"

@@ -90,7 +90,6 @@ def make_texture_dataset(
     """
     import torch
     from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
-
     from skimage import data
 
     root = Path(root)
@@ -173,7 +172,7 @@ def run_demo(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point of the demo."""
     parser = argparse.ArgumentParser(prog="anomalib-dcam demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, default=Path("results/demo"), help="output folder (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=Path("results/demo"), help="folder (default: %(default)s)")
     parser.add_argument("--category", choices=TEXTURES, default="brick", help="texture (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=5, help="training epochs (default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=256, help="image side in pixels (default: %(default)s)")
@@ -186,7 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never needs the hub: fail fast instead of waiting
 
     start = time.perf_counter()
-    metrics = run_demo(args.output, args.category, args.epochs, args.image_size, args.backbone, args.num_train, args.seed)
+    metrics = run_demo(
+        args.output,
+        category=args.category,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        backbone=args.backbone,
+        num_train=args.num_train,
+        seed=args.seed,
+    )
     elapsed = time.perf_counter() - start
     heatmaps = sorted((args.output / "results").rglob("images/**/*.png"))
     print(f"\nDcam on texture '{args.category}' ({args.epochs} epochs, {elapsed:.0f} s):")

@@ -184,7 +184,13 @@ class Dcam(AnomalibModule):
         if output.masks:
             # A mean collapsing towards 0 means the attention is switching the student off.
             mask_mean = torch.stack([mask.mean() for mask in output.masks.values()]).mean()
-            self.log("train_attention_mask_mean", mask_mean.detach(), on_step=False, on_epoch=True, batch_size=batch_size)
+            self.log(
+                "train_attention_mask_mean",
+                mask_mean.detach(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=batch_size,
+            )
         return {"loss": losses.total}
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
