@@ -28,6 +28,13 @@ RUNS: dict[str, tuple[str, dict, float]] = {
     "dcam": ("Dcam", {}, 0.1),
     "dcam_product_map": ("Dcam", {"anomaly_map_combine": "product"}, 0.1),
     "dcam_paper_literal": ("Dcam", {"pixel_weight": 0.0, "kd_reduction": "sum"}, 0.1),
+    # Ablations of the options the paper leaves open (docs/method.md).
+    "dcam_inline": ("Dcam", {"attention_placement": "inline"}, 0.1),
+    "dcam_mask_teacher": ("Dcam", {"mask_teacher": True}, 0.1),
+    "dcam_t4": ("Dcam", {"temperature": 4.0}, 0.1),
+    "dcam_cbam": ("Dcam", {"attention": "cbam"}, 0.1),
+    "dcam_no_attention": ("Dcam", {"attention": "none"}, 0.1),
+    "stfpm_loss_sum_map": ("Dcam", {"attention": "none", "channel_weight": 0.0, "kd_weight": 0.0}, 0.1),
     "stfpm_lr0.1": ("Stfpm", {}, 0.1),
     "stfpm_lr0.4": ("Stfpm", {}, 0.4),
 }

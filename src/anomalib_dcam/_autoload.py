@@ -5,18 +5,18 @@
 
 anomalib finds models by walking ``AnomalibModule.__subclasses__()`` (``get_model("Dcam")``) and jsonargparse does the
 same for ``anomalib train --model Dcam``, so the plugin only has to be imported before the name is resolved. anomalib
-has no plugin entry point, so the wheel ships ``anomalib_dcam_autoload.pth``, which calls :func:`install` at
-interpreter start-up. :func:`install` only appends a tiny finder to ``sys.meta_path``: nothing is imported until
-``anomalib.models`` itself is imported, so a plain ``python -c pass`` costs the same as without the plugin (see
-docs/plugin.md for the measurement). Set ``ANOMALIB_DCAM_AUTOLOAD=0`` to switch the hook off.
+has no plugin entry point, so the wheel ships ``anomalib_dcam_autoload.pth``. At interpreter start-up that file puts
+a finder on ``sys.meta_path`` that imports nothing (not even this module) until ``anomalib.models`` is imported; then
+it calls :func:`find_spec` here, which registers the plugin right after anomalib's model registry has run. A plain
+``python -c pass`` therefore costs the same as without the plugin (docs/plugin.md has the measurement). Set
+``ANOMALIB_DCAM_AUTOLOAD=0`` to switch the hook off.
 """
 
-import os
 import sys
 
 _WATCHED_MODULE = "anomalib.models"
 _PLUGIN_MODULE = "anomalib_dcam.models.dcam"
-_DISABLE_VARIABLE = "ANOMALIB_DCAM_AUTOLOAD"
+_START_UP_FINDER = "AnomalibDcamAutoload"  # name of the finder class that anomalib_dcam_autoload.pth creates
 
 
 def expose_in_anomalib(model_class: type) -> None:
@@ -66,29 +66,26 @@ class _RegisteringLoader:
         return getattr(self._loader, name)
 
 
-class _AnomalibModelsFinder:
-    """A one-shot ``sys.meta_path`` finder that wraps the loader of ``anomalib.models``."""
+def find_spec(fullname: str, path: object = None, target: object = None) -> object:
+    """Find the real spec of ``anomalib.models`` and wrap its loader so that the plugin registers after it ran.
 
-    @classmethod
-    def find_spec(cls, fullname: str, path: object = None, target: object = None) -> object:
-        if fullname != _WATCHED_MODULE:
-            return None
-        sys.meta_path.remove(cls)
-        for finder in sys.meta_path:
-            find_spec = getattr(finder, "find_spec", None)
-            spec = find_spec(fullname, path, target) if find_spec else None
-            if spec is not None:
-                if spec.loader is not None:
-                    spec.loader = _RegisteringLoader(spec.loader)
-                return spec
-        return None
+    Called by the start-up finder of ``anomalib_dcam_autoload.pth`` when ``anomalib.models`` is imported; it removes
+    that finder, so this runs once.
 
+    Args:
+        fullname: Name of the module being imported (``anomalib.models``).
+        path: Parent package's ``__path__``.
+        target: Module object being reloaded, if any.
 
-def install() -> None:
-    """Arrange for the plugin to register itself when anomalib's model registry is imported."""
-    if os.environ.get(_DISABLE_VARIABLE, "1") == "0" or _AnomalibModelsFinder in sys.meta_path:
-        return
-    if _WATCHED_MODULE in sys.modules:  # anomalib was imported first: register now
-        register_with_anomalib()
-        return
-    sys.meta_path.insert(0, _AnomalibModelsFinder)
+    Returns:
+        The module spec found by the remaining finders, or ``None``.
+    """
+    sys.meta_path[:] = [finder for finder in sys.meta_path if getattr(finder, "__name__", "") != _START_UP_FINDER]
+    for finder in sys.meta_path:
+        finder_find_spec = getattr(finder, "find_spec", None)
+        spec = finder_find_spec(fullname, path, target) if finder_find_spec else None
+        if spec is not None:
+            if spec.loader is not None:
+                spec.loader = _RegisteringLoader(spec.loader)
+            return spec
+    return None
