@@ -46,7 +46,7 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path: Path) -> None:
 
 
 def test_unknown_texture_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="texture='marble'.*'brick', 'gravel', 'grass'"):
+    with pytest.raises(ValueError, match=r"texture='marble'.*'brick', 'gravel', 'grass'"):
         make_texture_dataset(tmp_path, ["marble"])
 
 
