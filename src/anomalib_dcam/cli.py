@@ -1,13 +1,15 @@
 # Copyright (C) 2026 The anomalib-dcam authors
 # SPDX-License-Identifier: Apache-2.0
 
-"""``anomalib-dcam`` command: the offline demo and weight tools.
+"""``anomalib-dcam`` command: the offline demo, the benchmark and weight tools.
 
 Training, testing and export go through anomalib's own ``anomalib`` command (``anomalib train --model Dcam ...``);
 this command only adds what anomalib has no verb for.
 
 Examples:
     anomalib-dcam demo --epochs 3
+    anomalib-dcam benchmark --config configs/benchmark_industrial.yaml
+    anomalib-dcam qat --ckpt_path model.ckpt --data MVTecAD --data.root ./datasets/MVTecAD --epochs 2
     anomalib-dcam weights install-hf-cache
 """
 
@@ -25,17 +27,25 @@ def _install_hf_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+# Sub-commands with their own argument parsers: (module with ``main(argv)``, help text). Imported only when used.
+_DELEGATED_COMMANDS = {
+    "demo": ("anomalib_dcam.demo", "train Dcam on an embedded texture dataset"),
+    "benchmark": ("anomalib_dcam.benchmark", "compare models: quality, speed, memory, size"),
+    "qat": ("anomalib_dcam.deploy.qat", "quantization-aware training to OpenVINO INT8"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``anomalib-dcam``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["demo"]:
-        from anomalib_dcam.demo import main as demo_main
-
-        return demo_main(argv[1:])
+    if argv and argv[0] in _DELEGATED_COMMANDS:
+        module = __import__(_DELEGATED_COMMANDS[argv[0]][0], fromlist=["main"])
+        return module.main(argv[1:])
 
     parser = argparse.ArgumentParser(prog="anomalib-dcam", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="train Dcam on an embedded texture dataset (see `anomalib-dcam demo --help`)")
+    for name, (_, description) in _DELEGATED_COMMANDS.items():
+        commands.add_parser(name, help=f"{description} (see `anomalib-dcam {name} --help`)")
     weights = commands.add_parser("weights", help="offline backbone weights")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)
     install = weights_commands.add_parser(

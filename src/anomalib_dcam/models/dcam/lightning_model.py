@@ -36,6 +36,7 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from anomalib_dcam._validation import check_non_negative, check_positive
+from anomalib_dcam.deploy.quantization import OpenVINOQuantizationMixin
 
 from .anomaly_map import CombineMode
 from .attention import AttentionPlacement, AttentionType
@@ -45,7 +46,7 @@ from .torch_model import DcamModel
 __all__ = ["Dcam"]
 
 
-class Dcam(AnomalibModule):
+class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
     """DCAM teacher-student anomaly detection model.
 
     The defaults are the paper's best configuration (channel DCAM, channel CD, spatial KD, SGD with lr 0.1,

@@ -1,0 +1,592 @@
+# Copyright (C) 2026 The anomalib-dcam authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""The benchmark's report: ``results.csv``, ``per_category.csv``, ``results.md`` and PNG figures.
+
+Rows are built from the job folders, so the report always shows every finished phase, including those of earlier
+runs. Quality columns are filled only from a ``full`` job's test; a speed-only job has none, whatever its files say.
+"""
+
+import csv
+import json
+import math
+import platform
+import statistics
+import textwrap
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .config import RUNTIMES, BenchmarkConfig
+from .worker import EXAMPLES_FILE, output_file
+
+if TYPE_CHECKING:
+    from .runner import JobOutcome
+
+__all__ = ["QUALITY_METRICS", "RESULT_COLUMNS", "job_row", "write_report"]
+
+QUALITY_METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Max")
+"""Quality columns: from :class:`anomalib_dcam.callbacks.PerCategoryMetrics`, mean over the datamodule's categories."""
+
+RUNTIME_LABELS = {
+    "torch": "PyTorch",
+    "openvino_fp32": "OpenVINO FP32",
+    "openvino_fp16": "OpenVINO FP16",
+    "openvino_int8": "OpenVINO INT8",
+}
+_RUNTIME_MEASURES = ("size_mb", "latency_ms", "throughput_ips", "peak_rss_mb")
+RESULT_COLUMNS = (
+    "model",
+    "data",
+    "seed",
+    "status",
+    "mode",
+    "weights",
+    *QUALITY_METRICS,
+    "epochs",
+    "train_images_seen",
+    "fit_s",
+    "train_images_per_s",
+    "train_peak_rss_mb",
+    "test_s",
+    "params",
+    "trainable_params",
+    "throughput_batch_size",
+    *(f"{runtime}_{measure}" for runtime in RUNTIMES for measure in _RUNTIME_MEASURES),
+    "message",
+    "model_class",
+    "model_args",
+    "data_class",
+    "data_args",
+    "trainer",
+    "job_key",
+    "job_dir",
+)
+"""Columns of ``results.csv``, one row per job; empty where a value was not measured."""
+
+PER_CATEGORY_COLUMNS = ("model", "data", "seed", "category", "images", "anomalous_images", *QUALITY_METRICS, "job_key")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
+def job_row(outcome: "JobOutcome", config: BenchmarkConfig) -> dict[str, Any]:
+    """One row of ``results.csv`` for a job (see :data:`RESULT_COLUMNS`)."""
+    planned, job_dir = outcome.planned, outcome.job_dir
+    job = planned.job
+    train = _read_json(job_dir / output_file("train")) or {}
+    export = _read_json(job_dir / output_file("export")) or {}
+    row: dict[str, Any] = dict.fromkeys(RESULT_COLUMNS)
+    row.update(
+        model=job.model.name,
+        data=job.data.name,
+        seed=job.seed,
+        status=outcome.status,
+        mode=planned.mode,
+        weights=planned.weights if planned.weights_available else f"random: {planned.weights}",
+        message=outcome.message,
+        model_class=job.model.class_path,
+        model_args=json.dumps(job.model.init_args, sort_keys=True, default=str),
+        data_class=job.data.class_path,
+        data_args=json.dumps(job.data_init_args, sort_keys=True, default=str),
+        trainer=json.dumps(job.trainer, sort_keys=True, default=str),
+        job_key=job.key,
+        job_dir=str(job_dir),
+    )
+    if outcome.status == "skipped":
+        return row
+    metrics = train.get("metrics") or {}
+    if not job.speed_only:  # weights honesty: random weights never get quality numbers
+        row.update({name: metrics.get(name) for name in QUALITY_METRICS})
+    for name in ("epochs", "train_images_seen", "fit_s", "train_images_per_s", "train_peak_rss_mb", "test_s"):
+        row[name] = train.get(name)
+    row["trainable_params"] = train.get("trainable_params")
+    row["params"] = export.get("params")
+    row["throughput_batch_size"] = config.inference.batch_size
+    row["torch_size_mb"] = train.get("torch_size_mb")
+    for runtime, exported in export.get("runtimes", {}).items():
+        row[f"{runtime}_size_mb"] = exported.get("size_mb")
+    for runtime in config.inference.runtimes:
+        latency = _read_json(job_dir / output_file("latency", runtime)) or {}
+        for measure in ("latency_ms", "throughput_ips", "peak_rss_mb"):
+            row[f"{runtime}_{measure}"] = latency.get(measure)
+    return row
+
+
+def per_category_rows(outcome: "JobOutcome") -> list[dict[str, Any]]:
+    """Rows of ``per_category.csv`` for a full job: each category, ``mean`` and ``global``."""
+    if outcome.planned.job.speed_only or outcome.status == "skipped":
+        return []
+    train = _read_json(outcome.job_dir / output_file("train")) or {}
+    job = outcome.planned.job
+    return [
+        {"model": job.model.name, "data": job.data.name, "seed": job.seed, **row, "job_key": job.key}
+        for row in train.get("per_category") or []
+    ]
+
+
+def _write_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: Path) -> None:
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: "" if _is_missing(row.get(key)) else row.get(key) for key in columns})
+
+
+# ---------------------------------------------------------------------------------------------------- Markdown
+
+
+def _cell(value: object, digits: int = 3) -> str:
+    if _is_missing(value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value).replace("|", "\\|")
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for package in ("anomalib", "torch", "openvino", "nncf", "timm"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(parts)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _job_label(row: dict[str, Any]) -> list[object]:
+    mark = " (speed only, not pretrained)" if row["mode"] != "full" else ""
+    return [f"{row['model']}{mark}", row["data"], row["seed"]]
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _markdown(
+    config: BenchmarkConfig,
+    rows: Sequence[dict[str, Any]],
+    category_rows: Sequence[dict[str, Any]],
+    figures: Sequence[Path],
+) -> str:
+    inference = config.inference
+    hints = ", ".join(f"{RUNTIME_LABELS[r]} `{h}`" for r, h in inference.precision_hints.items())
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Configuration `{config.path}`, written {stamp} on {platform.node()} ({_cpu_name()}, "
+        f"{__import__('os').cpu_count()} logical CPUs); {_versions()}.",
+        "",
+        f"Quality: test-set metrics from raw model scores, mean over the datamodule's categories "
+        f"(`PerCategoryMetrics`). Inference on the CPU at {config.image_size} x {config.image_size} px: batch-1 "
+        f"latency is the median of {inference.iterations} calls after {inference.warmup} warm-up calls, throughput "
+        f"is measured at batch {inference.batch_size}; each runtime runs in its own process, whose peak resident "
+        f"memory is reported. OpenVINO precision hints: {hints}. INT8: post-training quantization calibrated on "
+        f"`{inference.int8_calibration}` ({inference.int8_calibration_images} images).",
+        "",
+    ]
+    full = [row for row in rows if row["mode"] == "full" and not _is_missing(row["image_AUROC"])]
+    if full:
+        lines += ["## Quality", ""]
+        header = ["model", "data", "seed", "weights", "image AUROC", "pixel AUROC", "pixel AUPRO", "image F1Max"]
+        body = [[*_job_label(r), r["weights"], *(_cell(r[m]) for m in QUALITY_METRICS)] for r in full]
+        lines += _table(header, body)
+        if len(config.seeds) > 1:
+            lines += [f"Mean ± standard deviation over the seeds {list(config.seeds)}:", ""]
+            groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for row in full:
+                groups.setdefault((row["model"], row["data"]), []).append(row)
+            body = [
+                [model, data, len(group)]
+                + [_mean_std([r[m] for r in group if not _is_missing(r[m])]) for m in QUALITY_METRICS]
+                for (model, data), group in groups.items()
+            ]
+            lines += _table(["model", "data", "seeds", "image AUROC", "pixel AUROC", "pixel AUPRO", "F1Max"], body)
+    measured = [row for row in rows if not _is_missing(row["fit_s"])]
+    if measured:
+        lines += ["## Training", ""]
+        header = ["model", "data", "seed", "epochs", "fit (s)", "train images/s", "train peak RSS (MiB)", "params (M)"]
+        body = [
+            [
+                *_job_label(r),
+                _cell(r["epochs"]),
+                _cell(r["fit_s"], 0),
+                _cell(r["train_images_per_s"], 1),
+                _cell(r["train_peak_rss_mb"], 0),
+                _cell(None if _is_missing(r["params"]) else r["params"] / 1e6, 2),
+            ]
+            for r in measured
+        ]
+        lines += _table(header, body)
+        runtimes = config.inference.runtimes
+        for measure, title, digits in (
+            ("latency_ms", "Latency at batch 1 (ms, median)", 1),
+            ("throughput_ips", f"Throughput at batch {inference.batch_size} (images/s)", 1),
+            ("peak_rss_mb", "Inference peak RSS (MiB, whole process)", 0),
+            ("size_mb", "Model size on disk (MiB)", 1),
+        ):
+            with_values = [r for r in measured if any(not _is_missing(r[f"{rt}_{measure}"]) for rt in runtimes)]
+            if not with_values:
+                continue
+            lines += [f"## {title}", ""]
+            header = ["model", "data", "seed", *(RUNTIME_LABELS[runtime] for runtime in runtimes)]
+            body = [[*_job_label(r), *(_cell(r[f"{rt}_{measure}"], digits) for rt in runtimes)] for r in with_values]
+            lines += _table(header, body)
+    multi = [row for row in category_rows if row["category"] not in {"mean", "global"}]
+    keys_with_many = {key for key in {r["job_key"] for r in multi} if sum(r["job_key"] == key for r in multi) > 1}
+    if keys_with_many:
+        lines += ["## Per category (one model for several categories)", ""]
+        header = ["model", "data", "seed", "category", "image AUROC", "pixel AUROC", "pixel AUPRO", "image F1Max"]
+        body = [
+            [r["model"], r["data"], r["seed"], r["category"], *(_cell(r[m]) for m in QUALITY_METRICS)]
+            for r in category_rows
+            if r["job_key"] in keys_with_many
+        ]
+        lines += _table(header, body)
+    others = [row for row in rows if row["status"] in {"skipped", "failed", "pending"}]
+    if others:
+        lines += ["## Jobs without complete results", ""]
+        lines += _table(
+            ["model", "data", "seed", "status", "reason"],
+            [[*_job_label(r), r["status"], _cell(r["message"])] for r in others],
+        )
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{figure.stem}]({figure.name})" for figure in figures]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+
+
+def _new_figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    # A bare Figure renders with the Agg canvas: no pyplot state, no display needed.
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def _model_colors(models: Sequence[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"]
+    return {model: palette(index % 10) for index, model in enumerate(models)}
+
+
+def _grouped(rows: Sequence[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row[key], []).append(row)
+    return groups
+
+
+def _metric_bars(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    full = [row for row in rows if row["mode"] == "full" and not _is_missing(row["image_AUROC"])]
+    if not full:
+        return None
+    by_data = _grouped(full, "data")
+    models = list(dict.fromkeys(row["model"] for row in full))
+    colors = _model_colors(models)
+    figure = _new_figure(max(6.0, 1.6 * len(QUALITY_METRICS) * max(1, len(models)) / 2), 3.4 * len(by_data))
+    axes = figure.subplots(len(by_data), 1, squeeze=False)[:, 0]
+    width = 0.8 / len(models)
+    for axis, (data, data_rows) in zip(axes, by_data.items(), strict=True):
+        for model_index, model in enumerate(models):
+            group = [row for row in data_rows if row["model"] == model]
+            means, errors = [], []
+            for metric in QUALITY_METRICS:
+                values = [row[metric] for row in group if not _is_missing(row[metric])]
+                means.append(statistics.mean(values) if values else math.nan)
+                errors.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+            positions = np.arange(len(QUALITY_METRICS)) + (model_index - (len(models) - 1) / 2) * width
+            spread = errors if any(errors) else None
+            bars = axis.bar(positions, means, width, yerr=spread, label=model, color=colors[model], capsize=3)
+            axis.bar_label(bars, labels=["" if math.isnan(v) else f"{v:.3f}" for v in means], fontsize=7, padding=2)
+        axis.set_xticks(np.arange(len(QUALITY_METRICS)), [m.replace("_", " ") for m in QUALITY_METRICS])
+        axis.set_ylim(0, 1.08)
+        axis.set_ylabel("score (higher is better)")
+        seeds = sorted({row["seed"] for row in data_rows})
+        over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean and std over seeds {seeds}"
+        axis.set_title(f"{data}: test metrics per model ({over})")
+        axis.grid(axis="y", alpha=0.3)
+        axis.legend(loc="lower right", fontsize=8)
+    figure.savefig(path)
+    return path
+
+
+def _per_category_bars(category_rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    counts: dict[str, int] = {}
+    for row in category_rows:
+        if row["category"] not in {"mean", "global"}:
+            counts[row["job_key"]] = counts.get(row["job_key"], 0) + 1
+    rows = [row for row in category_rows if counts.get(row["job_key"], 0) > 1 and row["category"] != "global"]
+    if not rows:
+        return None
+    by_data = _grouped(rows, "data")
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    colors = _model_colors(models)
+    figure = _new_figure(4.0 * len(QUALITY_METRICS), 3.2 * len(by_data))
+    axes = figure.subplots(len(by_data), len(QUALITY_METRICS), squeeze=False)
+    width = 0.8 / len(models)
+    for row_axes, (data, data_rows) in zip(axes, by_data.items(), strict=True):
+        categories = list(dict.fromkeys(row["category"] for row in data_rows))
+        for axis, metric in zip(row_axes, QUALITY_METRICS, strict=True):
+            for model_index, model in enumerate(models):
+                values = []
+                for category in categories:
+                    found = [
+                        r[metric]
+                        for r in data_rows
+                        if r["model"] == model and r["category"] == category and not _is_missing(r[metric])
+                    ]
+                    values.append(statistics.mean(found) if found else math.nan)
+                positions = np.arange(len(categories)) + (model_index - (len(models) - 1) / 2) * width
+                axis.bar(positions, values, width, label=model, color=colors[model])
+            axis.set_xticks(np.arange(len(categories)), categories, rotation=30, fontsize=8)
+            axis.set_ylim(0, 1.05)
+            axis.set_title(f"{data}: {metric.replace('_', ' ')} (mean over seeds)", fontsize=9)
+            axis.grid(axis="y", alpha=0.3)
+        row_axes[0].legend(fontsize=7, loc="lower left")
+    figure.savefig(path)
+    return path
+
+
+_RUNTIME_MARKERS = {"torch": "o", "openvino_fp32": "s", "openvino_fp16": "^", "openvino_int8": "D"}
+
+
+def _latency_vs_accuracy(rows: Sequence[dict[str, Any]], runtimes: Sequence[str], path: Path) -> Path | None:
+    measured = [row for row in rows if any(not _is_missing(row[f"{rt}_latency_ms"]) for rt in runtimes)]
+    full = [row for row in measured if row["mode"] == "full" and not _is_missing(row["image_AUROC"])]
+    if not full:
+        return None
+    models = list(dict.fromkeys(row["model"] for row in measured))
+    colors = _model_colors(models)
+    by_data = _grouped(full, "data")
+    figure = _new_figure(7.5, 4.2 * len(by_data))
+    axes = figure.subplots(len(by_data), 1, squeeze=False)[:, 0]
+    for axis, (data, data_rows) in zip(axes, by_data.items(), strict=True):
+        for model in models:
+            group = [row for row in data_rows if row["model"] == model]
+            if not group:
+                continue
+            accuracy = statistics.mean(row["image_AUROC"] for row in group)
+            for runtime in runtimes:
+                latencies = [
+                    row[f"{runtime}_latency_ms"] for row in group if not _is_missing(row[f"{runtime}_latency_ms"])
+                ]
+                if latencies:
+                    axis.scatter(
+                        statistics.mean(latencies),
+                        accuracy,
+                        color=colors[model],
+                        marker=_RUNTIME_MARKERS[runtime],
+                        s=60,
+                        edgecolors="black",
+                        linewidths=0.5,
+                    )
+        # Speed-only rows have no accuracy: a dotted line marks where their latency would sit.
+        for row in (r for r in measured if r["mode"] != "full" and r["data"] == data):
+            latency = next(
+                (row[f"{rt}_latency_ms"] for rt in runtimes if not _is_missing(row[f"{rt}_latency_ms"])), None
+            )
+            if latency is not None:
+                axis.axvline(latency, color=colors[row["model"]], linestyle=":", linewidth=1.2)
+                axis.annotate(
+                    f"{row['model']}: speed only, not pretrained",
+                    (latency, 0.02),
+                    xycoords=("data", "axes fraction"),
+                    rotation=90,
+                    fontsize=7,
+                    color=colors[row["model"]],
+                    va="bottom",
+                    ha="right",
+                )
+        axis.set_xscale("log")
+        axis.set_xlabel("latency at batch 1 (ms, log scale; left is faster)")
+        axis.set_ylabel("image AUROC (PyTorch model)")
+        axis.set_title(f"{data}: accuracy against CPU latency (up and left is better)")
+        axis.grid(alpha=0.3, which="both")
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=colors[m], marker="o", linestyle="", label=m) for m in models]
+        handles += [
+            Line2D([], [], color="gray", marker=_RUNTIME_MARKERS[rt], linestyle="", label=RUNTIME_LABELS[rt])
+            for rt in runtimes
+        ]
+        axis.legend(handles=handles, fontsize=7, loc="best")
+    figure.savefig(path)
+    return path
+
+
+def _latency_bars(rows: Sequence[dict[str, Any]], runtimes: Sequence[str], batch_size: int, path: Path) -> Path | None:
+    measured = [row for row in rows if any(not _is_missing(row[f"{rt}_latency_ms"]) for rt in runtimes)]
+    if not measured:
+        return None
+    by_model = _grouped(measured, "model")
+    labels = [f"{model}{' (speed only)' if group[0]['mode'] != 'full' else ''}" for model, group in by_model.items()]
+    figure = _new_figure(11, 0.6 * len(by_model) * len(runtimes) / 2 + 2.5)
+    axes = figure.subplots(1, 2)
+    height = 0.8 / len(runtimes)
+    for axis, measure, title in (
+        (axes[0], "latency_ms", "latency at batch 1 (ms, log scale, lower is better)"),
+        (axes[1], "throughput_ips", f"throughput at batch {batch_size} (images/s, log scale, higher is better)"),
+    ):
+        for runtime_index, runtime in enumerate(runtimes):
+            values = []
+            for group in by_model.values():
+                found = [row[f"{runtime}_{measure}"] for row in group if not _is_missing(row[f"{runtime}_{measure}"])]
+                values.append(statistics.mean(found) if found else math.nan)
+            positions = np.arange(len(by_model)) + (runtime_index - (len(runtimes) - 1) / 2) * height
+            bars = axis.barh(positions, values, height, label=RUNTIME_LABELS[runtime])
+            axis.bar_label(bars, labels=["" if math.isnan(v) else f"{v:.1f}" for v in values], fontsize=7, padding=2)
+        axis.set_xscale("log")  # PyTorch and INT8 OpenVINO can be orders of magnitude apart
+        axis.set_yticks(np.arange(len(by_model)), labels, fontsize=8)
+        axis.invert_yaxis()
+        axis.set_title(title, fontsize=10)
+        axis.grid(axis="x", alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    figure.suptitle("CPU inference speed per model and runtime (mean over jobs)")
+    figure.savefig(path)
+    return path
+
+
+def _load_image(path: str, side: int, grayscale: bool = False) -> np.ndarray | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if grayscale else "RGB").resize((side, side), Image.BILINEAR)
+            return np.asarray(image, dtype=np.float32) / 255.0
+    except (OSError, ValueError):
+        return None
+
+
+def _heatmap_grid(rows: Sequence[dict[str, Any]], data: str, seed: int, path: Path) -> Path | None:
+    """Rows: example images; columns: the input with its ground truth, then one heat map per model."""
+    from PIL import Image
+
+    jobs = [
+        row
+        for row in rows
+        if row["data"] == data
+        and row["seed"] == seed
+        and row["mode"] == "full"
+        and (Path(row["job_dir"]) / EXAMPLES_FILE).is_file()
+    ]
+    if not jobs:
+        return None
+    examples = {row["model"]: dict(np.load(Path(row["job_dir"]) / EXAMPLES_FILE)) for row in jobs}
+    reference = next(iter(examples.values()))
+    image_paths = [str(p) for p in reference["image_paths"]]
+    side = 160
+    width = max(5.0, 1.9 * (len(jobs) + 1))
+    figure = _new_figure(width, 1.9 * len(image_paths) + 1.2)
+    axes = figure.subplots(len(image_paths), len(jobs) + 1, squeeze=False)
+    for index, image_path in enumerate(image_paths):
+        image = _load_image(image_path, side)
+        mask_path = str(reference["mask_paths"][index])
+        mask = _load_image(mask_path, side, grayscale=True) if mask_path else None
+        label = "defect" if int(reference["labels"][index]) else "good"
+        name = f"{reference['categories'][index]}/{Path(image_path).parent.name}/{Path(image_path).name}"
+        for column, axis in enumerate(axes[index]):
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if image is not None:
+                axis.imshow(image)
+            if column == 0:
+                axis.set_ylabel(f"{name}\n({label})", fontsize=6)
+                if index == 0:
+                    axis.set_title("input, ground truth", fontsize=8)
+            else:
+                row = jobs[column - 1]
+                model_examples = examples[row["model"]]
+                positions = [str(p) for p in model_examples["image_paths"]]
+                if image_path in positions:
+                    anomaly_map = model_examples["maps"][positions.index(image_path)].astype(np.float32)
+                    low, high = (float(v) for v in model_examples["color_range"])
+                    resized = np.asarray(Image.fromarray(anomaly_map, mode="F").resize((side, side), Image.BILINEAR))
+                    scaled = np.clip((resized - low) / max(high - low, 1e-12), 0, 1)
+                    axis.imshow(scaled, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                if index == 0:
+                    axis.set_title(f"{row['model']}\nimage AUROC {_cell(row['image_AUROC'])}", fontsize=8)
+            if mask is not None and mask.max() > 0:
+                axis.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
+    caption = (
+        f"{data}, seed {seed}: anomaly heat maps (red = anomalous). Colours scaled per model from the 1st to the "
+        "99.9th percentile of its test anomaly maps; white outline: ground-truth defect."
+    )
+    figure.suptitle(textwrap.fill(caption, width=int(width * 13)), fontsize=8)
+    figure.savefig(path)
+    return path
+
+
+def write_report(config: BenchmarkConfig, outcomes: Sequence["JobOutcome"]) -> list[Path]:
+    """Write ``results.csv``, ``per_category.csv``, ``results.md`` and the figures into the output folder.
+
+    Args:
+        config: The configuration.
+        outcomes: Every planned job's outcome.
+
+    Returns:
+        The written files.
+    """
+    output = config.output
+    output.mkdir(parents=True, exist_ok=True)
+    rows = [job_row(outcome, config) for outcome in outcomes]
+    category_rows = [row for outcome in outcomes for row in per_category_rows(outcome)]
+    _write_csv(rows, RESULT_COLUMNS, output / "results.csv")
+    _write_csv(category_rows, PER_CATEGORY_COLUMNS, output / "per_category.csv")
+    runtimes = config.inference.runtimes
+    figures = [
+        _metric_bars(rows, output / "metrics.png"),
+        _per_category_bars(category_rows, output / "metrics_per_category.png"),
+        _latency_vs_accuracy(rows, runtimes, output / "latency_vs_accuracy.png"),
+        _latency_bars(rows, runtimes, config.inference.batch_size, output / "latency.png"),
+    ]
+    for data in config.datamodules:
+        for seed in config.seeds:
+            heatmaps = output / f"heatmaps_{_file_part(data.name)}_seed{seed}.png"
+            figures.append(_heatmap_grid(rows, data.name, seed, heatmaps))
+    written = [figure for figure in figures if figure is not None]
+    markdown = output / "results.md"
+    markdown.write_text(_markdown(config, rows, category_rows, written))
+    return [output / "results.csv", output / "per_category.csv", markdown, *written]
+
+
+def _file_part(text: str) -> str:
+    return "".join(character if character.isalnum() or character in "-_." else "-" for character in text)

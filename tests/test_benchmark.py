@@ -1,0 +1,351 @@
+# Copyright (C) 2026 The anomalib-dcam authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""The benchmark command: configuration checks, weights honesty, results, resuming, failures, anomalib's pipeline."""
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from anomalib_dcam.benchmark import main
+from anomalib_dcam.benchmark.anomalib_pipeline import check_pipeline_records, expected_pipeline_jobs, write_checked_csv
+from anomalib_dcam.benchmark.callbacks import select_examples
+from anomalib_dcam.benchmark.config import ConfigError, load_config, parse_config
+from anomalib_dcam.benchmark.report import QUALITY_METRICS, RESULT_COLUMNS
+from conftest import requires_lite0
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+RUNTIME_COLUMNS = [f"{runtime}_{measure}" for runtime in ("torch", "openvino_fp32", "openvino_fp16", "openvino_int8")
+                   for measure in ("size_mb", "latency_ms", "throughput_ips", "peak_rss_mb")]  # fmt: skip
+TINY_INFERENCE = {"warmup": 1, "iterations": 2, "batch_size": 2, "batch_iterations": 1, "int8_calibration_images": 4}
+
+
+def _data(texture_root: Path) -> dict:
+    arguments = {"root": str(texture_root), "category": "brick", "num_workers": 0}
+    return {"name": "brick", "class_path": "MVTecAD", "init_args": {**arguments, "train_batch_size": 4}}
+
+
+def _config(tmp_path: Path, texture_root: Path, models: list[dict], **options: object) -> Path:
+    config = {
+        "output": str(tmp_path / "out"),
+        "image_size": 64,
+        "trainer": {"max_epochs": 1},
+        "weights": {"hf_cache": str(tmp_path / "hf-cache"), "install_lite0": False},
+        "inference": TINY_INFERENCE,
+        "report": {"examples": 4},
+        "models": models,
+        "datamodules": [_data(texture_root)],
+        **options,
+    }
+    path = tmp_path / "benchmark.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _run(*arguments: str) -> tuple[int, str]:
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        code = main(["--heartbeat", "0", *arguments])
+    return code, output.getvalue()
+
+
+def _rows(output: Path) -> list[dict[str, str]]:
+    with (output / "results.csv").open() as file:
+        return list(csv.DictReader(file))
+
+
+# resnet18 rather than tf_efficientnet_lite0: its ONNX export takes a third of the time.
+RANDOM_TEACHER_DCAM = {
+    "name": "dcam",
+    "class_path": "Dcam",
+    "init_args": {"backbone": "resnet18", "pre_trained": False},
+}
+BAD_DCAM = {"name": "dcam_bad_lr", "class_path": "Dcam", "init_args": {"lr": -1.0, "pre_trained": False}}
+# resnet18's ImageNet weights are in no cache of the test run (its Hugging Face cache is an empty folder).
+STFPM_WITHOUT_WEIGHTS = {"name": "stfpm_r18", "class_path": "TunedStfpm", "init_args": {"lr": 0.1}}
+
+
+# ---------------------------------------------------------------------------------------------------- fast checks
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"speed": 1}, "unknown option(s) 'speed'"),
+        ({"seeds": []}, "seeds=[]"),
+        ({"inference": {"runtimes": ["tensorrt"]}}, "inference.runtimes=['tensorrt']"),
+        ({"inference": {"int8_calibration": "test_set"}}, "inference.int8_calibration='test_set'"),
+        ({"models": [{"name": "x"}]}, "models[0].class_path is required"),
+        ({"models": [{"class_path": "Dcam"}, {"class_path": "Dcam"}]}, "'Dcam' appear more than once"),
+        ({"trainer": [1]}, "trainer=[1]"),
+    ],
+)
+def test_config_errors_name_the_option(tmp_path: Path, change: dict, expected: str) -> None:
+    raw = {"models": [{"class_path": "Dcam"}], "datamodules": [{"class_path": "MVTecAD"}], **change}
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, tmp_path / "c.yaml")
+    assert expected in str(error.value)
+
+
+def test_job_key_covers_model_arguments_data_and_seed_but_not_names(tmp_path: Path) -> None:
+    def jobs(**model: object) -> list:
+        raw = {
+            "seeds": [0, 1],
+            "models": [{"name": "a", "class_path": "Dcam", "init_args": {"lr": 0.1}, **model}],
+            "datamodules": [{"name": "d", "class_path": "MVTecAD", "init_args": {"category": "bottle"}}],
+        }
+        return parse_config(raw, tmp_path / "c.yaml").jobs()
+
+    first, second = jobs()
+    assert first.key != second.key  # seeds
+    assert jobs()[0].key == first.key
+    assert jobs(name="renamed")[0].key == first.key
+    assert jobs(init_args={"lr": 0.2})[0].key != first.key
+    assert jobs(data={"train_batch_size": 1})[0].key != first.key
+
+
+def test_shipped_configs_are_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anomalib_dcam.benchmark.runner import plan_jobs
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the EfficientAd check looks into anomalib's cache folder
+
+    config = load_config(REPOSITORY / "configs" / "benchmark_industrial.yaml")
+    assert {model.class_path for model in config.models} >= {"Dcam", "TunedStfpm", "ReverseDistillation", "EfficientAd"}
+    planned = plan_jobs(config, speed_only_without_weights=True)  # resolves every class and argument name
+    assert len(planned) == len(config.models) * len(config.datamodules) * len(config.seeds)
+
+    pipeline = yaml.safe_load((REPOSITORY / "configs" / "benchmark.yaml").read_text())
+    jobs = expected_pipeline_jobs(pipeline)
+    assert [job["model.class_path"] for job in jobs[:: len(jobs) // 4]] == [
+        "Dcam",
+        "Stfpm",
+        "EfficientAd",
+        "ReverseDistillation",
+    ]
+    assert all(job["model.init_args.backbone"] for job in jobs if job["model.class_path"] in {"Dcam", "Stfpm"})
+
+
+def test_weights_check_finds_what_is_on_this_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anomalib.models import EfficientAd, ReverseDistillation
+
+    from anomalib_dcam import Dcam
+    from anomalib_dcam.benchmark.models import TunedStfpm, check_weights
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # anomalib's pre_trained folder, empty
+    cache = tmp_path / "hf"
+    cache.mkdir()
+    missing = check_weights(ReverseDistillation, {}, cache)
+    assert not missing.available
+    assert "wide_resnet50_2" in missing.description
+    assert not check_weights(TunedStfpm, {"backbone": "resnet18"}, cache).available
+    assert check_weights(ReverseDistillation, {"pre_trained": False}, cache).description.startswith("random by config")
+    efficient_ad = check_weights(EfficientAd, {"imagenet_dir": str(tmp_path / "none")}, cache)
+    assert not efficient_ad.available
+    assert "pretrained_teacher_small.pth" in efficient_ad.description
+    assert "Imagenette" in efficient_ad.description
+    assert check_weights(Dcam, {"backbone_weights": str(tmp_path / "no.pth")}, cache).available is False
+
+
+@requires_lite0
+def test_weights_check_sees_the_packaged_lite0_weights(tmp_path: Path) -> None:
+    from anomalib_dcam import Dcam
+    from anomalib_dcam.benchmark.models import TunedStfpm, check_weights
+    from anomalib_dcam.weights import install_hf_cache
+
+    assert check_weights(Dcam, {"backbone": "tf_efficientnet_lite0"}, tmp_path).available
+    assert not check_weights(TunedStfpm, {"backbone": "tf_efficientnet_lite0"}, tmp_path).available
+    install_hf_cache(tmp_path)
+    found = check_weights(TunedStfpm, {"backbone": "tf_efficientnet_lite0"}, tmp_path)
+    assert found.available
+    assert "Hugging Face cache" in found.description
+
+
+def test_speed_only_models_build_with_random_weights_offline() -> None:
+    import torch
+    from anomalib.models import ReverseDistillation
+
+    from anomalib_dcam.benchmark.models import RandomTeacherEfficientAd, TunedStfpm, build_model
+
+    stfpm = build_model("TunedStfpm", {"backbone": "resnet18", "lr": 0.1}, image_size=64, speed_only=True)
+    assert isinstance(stfpm, TunedStfpm)
+    assert stfpm.configure_optimizers().param_groups[0]["lr"] == 0.1
+    reverse = build_model("ReverseDistillation", {"backbone": "resnet18"}, image_size=64, speed_only=True)
+    assert isinstance(reverse, ReverseDistillation)
+    assert reverse.pre_trained is False
+    efficient_ad = build_model("EfficientAd", {}, image_size=64, speed_only=True)
+    assert isinstance(efficient_ad, RandomTeacherEfficientAd)
+    teacher = {name: value.clone() for name, value in efficient_ad.model.teacher.state_dict().items()}
+    efficient_ad.prepare_pretrained_model()  # no download, teacher unchanged
+    assert all(torch.equal(value, efficient_ad.model.teacher.state_dict()[name]) for name, value in teacher.items())
+    efficient_ad.prepare_imagenette_data((64, 64))
+    assert next(efficient_ad.imagenet_iterator)[0].shape == (1, 3, 64, 64)
+
+
+def test_examples_are_spread_over_categories_and_defects() -> None:
+    folders = [(category, kind, index) for category in "ab" for kind in ("good", "crack", "hole") for index in (0, 1)]
+    samples = pd.DataFrame(
+        {
+            "image_path": [f"/d/{category}/test/{kind}/{index}.png" for category, kind, index in folders],
+            "label_index": [int(kind != "good") for _, kind, _ in folders],
+            "category": [category for category, _, _ in folders],
+        },
+    )
+    selected = select_examples(samples, 6, "all")
+    assert len(selected) == 6
+    for category in "ab":
+        mine = [path for path in selected if f"/{category}/" in path]
+        assert {Path(path).parent.name for path in mine} == {"good", "crack", "hole"}
+
+
+def test_anomalib_pipeline_events_are_paired_with_jobs_in_grid_order(tmp_path: Path) -> None:
+    class LoggerRedirectError(Exception):
+        pass
+
+    wrapped = LoggerRedirectError("Error occurred while executing run")
+    wrapped.__cause__ = ValueError("train_batch_size for EfficientAd should be 1.")
+    expected = [{"model.class_path": name} for name in ("Dcam", "EfficientAd", "ReverseDistillation", "Stfpm")]
+    events = [
+        ("completed", "{'image_AUROC': 0.9, 'model.class_path': 'Dcam'}"),
+        ("job_error", wrapped),
+        ("runner_error", OSError("no weights in the cache")),
+    ]
+    check = check_pipeline_records(expected, events)
+    assert check.statuses == ["completed", "failed", "failed", "not run"]
+    assert check.results[0]["image_AUROC"] == 0.9
+    assert check.errors[1] == "ValueError: train_batch_size for EfficientAd should be 1."
+    assert "no weights in the cache" in check.errors[2]
+    assert not check.ok
+    path = tmp_path / "checked.csv"
+    write_checked_csv(expected, check, path)
+    rows = pd.read_csv(path)
+    assert list(rows.status) == check.statuses
+    assert list(rows.columns[:4]) == ["job", "status", "error", "model.class_path"]
+    assert len(set(rows.columns)) == len(rows.columns)
+    # A runner error after the last job is anomalib's collect step failing: every job still completed.
+    done = check_pipeline_records(expected[:1], [events[0], ("runner_error", ValueError("arrays of unequal length"))])
+    assert done.ok
+    assert done.runner_errors == ["ValueError: arrays of unequal length"]
+
+
+def test_cli_has_the_benchmark_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from anomalib_dcam.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["benchmark", "--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    assert "--speed-only-without-weights" in usage
+    assert "--anomalib-pipeline" in usage
+
+
+def test_anomalib_pipeline_needs_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PL_TRAINER_MAX_EPOCHS", raising=False)
+    code, output = _run("--anomalib-pipeline", "--config", str(REPOSITORY / "configs" / "benchmark.yaml"))
+    assert code == 2
+    assert "--max-epochs" in output
+
+
+def test_missing_weights_skip_the_job_without_numbers(tmp_path: Path, texture_root: Path) -> None:
+    config = _config(tmp_path, texture_root, [STFPM_WITHOUT_WEIGHTS])
+    code, output = _run("--config", str(config))
+    assert code == 0, output
+    assert "skipped: pretrained weights not available" in output
+    assert "resnet18" in output
+    (row,) = _rows(tmp_path / "out")
+    assert row["status"] == "skipped"
+    assert all(row[column] == "" for column in [*QUALITY_METRICS, "fit_s", *RUNTIME_COLUMNS])
+
+
+def test_unknown_model_argument_is_a_configuration_error(tmp_path: Path, texture_root: Path) -> None:
+    config = _config(tmp_path, texture_root, [{"class_path": "Dcam", "init_args": {"learning_rate": 0.1}}])
+    code, output = _run("--config", str(config))
+    assert code == 2
+    assert "models[0].init_args: Dcam has no argument(s) 'learning_rate'" in output
+
+
+# ---------------------------------------------------------------------------------------------------- real runs
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(tmp_path_factory: pytest.TempPathFactory, texture_root: Path) -> tuple[Path, int, str]:
+    """A random-teacher Dcam with every runtime, and a job that fails (a bad learning rate)."""
+    tmp_path = tmp_path_factory.mktemp("benchmark")
+    config = _config(tmp_path, texture_root, [RANDOM_TEACHER_DCAM, BAD_DCAM])
+    code, output = _run("--config", str(config))
+    return config, code, output
+
+
+@pytest.mark.slow
+def test_results_have_every_column_and_value(benchmark_run: tuple[Path, int, str]) -> None:
+    config, _, output = benchmark_run
+    out = config.parent / "out"
+    rows = {row["model"]: row for row in _rows(out)}
+    assert list(_rows(out)[0]) == list(RESULT_COLUMNS)
+    dcam = rows["dcam"]
+    assert dcam["status"] == "done", output
+    assert dcam["mode"] == "full"
+    assert dcam["weights"] == "random by configuration (pre_trained: false)"
+    for column in [*QUALITY_METRICS, "fit_s", "train_images_per_s", "train_peak_rss_mb", "params", *RUNTIME_COLUMNS]:
+        assert float(dcam[column]) > 0, column
+    assert 0 <= float(dcam["image_AUROC"]) <= 1
+    assert float(dcam["openvino_int8_size_mb"]) < float(dcam["openvino_fp32_size_mb"])
+    assert int(dcam["epochs"]) == 1
+    assert int(dcam["train_images_seen"]) == 8
+    per_category = pd.read_csv(out / "per_category.csv")
+    assert set(per_category.category) == {"brick", "mean", "global"}
+    for figure in ("metrics.png", "latency_vs_accuracy.png", "latency.png", "heatmaps_brick_seed0.png"):
+        assert (out / figure).stat().st_size > 10_000, figure
+    markdown = (out / "results.md").read_text()
+    assert "## Quality" in markdown
+    assert "![heatmaps_brick_seed0](heatmaps_brick_seed0.png)" in markdown
+    assert "[1/2] dcam | brick | seed 0: train + export" in output
+
+
+@pytest.mark.slow
+def test_failing_job_is_named_and_makes_the_run_fail(benchmark_run: tuple[Path, int, str]) -> None:
+    config, code, output = benchmark_run
+    assert code == 1
+    assert "FAILED dcam_bad_lr | brick | seed 0" in output
+    assert "lr=-1.0 is not accepted" in output
+    bad = next(row for row in _rows(config.parent / "out") if row["model"] == "dcam_bad_lr")
+    assert bad["status"] == "failed"
+    assert "lr=-1.0" in bad["message"]
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_jobs_and_retries_failed_ones(benchmark_run: tuple[Path, int, str]) -> None:
+    config, _, _ = benchmark_run
+    out = config.parent / "out"
+    train = next(out.glob("jobs/dcam__*/train.json"))
+    before = train.stat().st_mtime_ns
+    code, output = _run("--config", str(config))
+    assert code == 1  # the bad job fails again
+    assert "[1/2] dcam | brick | seed 0: finished in an earlier run, skipped" in output
+    assert "[2/2] dcam_bad_lr | brick | seed 0: train + export" in output
+    assert train.stat().st_mtime_ns == before
+    assert next(row for row in _rows(out) if row["model"] == "dcam")["status"] == "done"
+
+
+@pytest.mark.slow
+def test_speed_only_rows_carry_no_quality(tmp_path: Path, texture_root: Path) -> None:
+    torch_only = {**TINY_INFERENCE, "runtimes": ["torch"]}
+    config = _config(tmp_path, texture_root, [STFPM_WITHOUT_WEIGHTS], inference=torch_only)
+    code, output = _run("--config", str(config), "--speed-only-without-weights")
+    assert code == 0, output
+    assert "speed only, not pretrained: no ImageNet weights for backbone 'resnet18'" in output
+    (row,) = _rows(tmp_path / "out")
+    assert row["mode"] == "speed only, not pretrained"
+    assert row["weights"].startswith("random: ")
+    assert all(row[column] == "" for column in QUALITY_METRICS)
+    assert float(row["torch_latency_ms"]) > 0
+    assert float(row["train_images_per_s"]) > 0
+    job = json.loads(next((tmp_path / "out").glob("jobs/*/train.json")).read_text())
+    assert job["metrics"] is None  # never measured, not merely hidden
+    assert not list((tmp_path / "out").glob("jobs/*/examples.npz"))
+    assert not (tmp_path / "out" / "heatmaps_brick_seed0.png").exists()
