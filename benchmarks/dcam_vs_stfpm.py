@@ -27,7 +27,8 @@ BACKBONE = "tf_efficientnet_lite0"
 RUNS: dict[str, tuple[str, dict, float]] = {
     "dcam": ("Dcam", {}, 0.1),
     "dcam_product_map": ("Dcam", {"anomaly_map_combine": "product"}, 0.1),
-    "dcam_paper_literal": ("Dcam", {"pixel_weight": 0.0, "kd_reduction": "sum"}, 0.1),
+    "dcam_sum_map": ("Dcam", {"anomaly_map_combine": "sum"}, 0.1),
+    "dcam_paper_literal": ("Dcam", {"pixel_weight": 0.0, "kd_reduction": "sum", "anomaly_map_combine": "sum"}, 0.1),
     # Ablations of the options the paper leaves open (docs/method.md).
     "dcam_inline": ("Dcam", {"attention_placement": "inline"}, 0.1),
     "dcam_mask_teacher": ("Dcam", {"mask_teacher": True}, 0.1),

@@ -3,12 +3,12 @@
 
 """Start-up cost of the plugin's hook: ``python -c pass`` with and without ``anomalib_dcam_autoload.pth``.
 
-The hook file is moved aside and back between rounds, interleaving the two cases so that machine load affects both
-alike. Reports, in milliseconds, the median wall time and the median CPU time (user + system) of the interpreter;
-CPU time is the steadier figure on a busy machine.
+The hook file is moved aside and back between runs, alternating the two cases so that machine load affects both
+alike. Reports, in milliseconds, the median wall time and the median CPU time (user + system) of the interpreter
+(CPU time is the steadier figure on a busy machine) and the median difference within pairs.
 
 Example:
-    python benchmarks/startup_time.py --runs 60 --rounds 5
+    python benchmarks/startup_time.py --pairs 300
 """
 
 import argparse
@@ -22,26 +22,21 @@ import time
 from pathlib import Path
 
 
-def median_start_up(runs: int) -> tuple[float, float]:
-    """Median wall time and median CPU time of ``runs`` fresh ``python -c pass`` interpreters, in seconds."""
-    wall_times, cpu_times = [], []
-    for _ in range(runs):
-        start = time.perf_counter()
-        process = subprocess.Popen([sys.executable, "-c", "pass"])
-        _, status, usage = os.wait4(process.pid, 0)
-        wall_times.append(time.perf_counter() - start)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
-            sys.exit(f"python -c pass failed with exit code {process.returncode}")
-        cpu_times.append(usage.ru_utime + usage.ru_stime)
-    return statistics.median(wall_times), statistics.median(cpu_times)
+def start_up_cost() -> tuple[float, float]:
+    """Wall time and CPU time (user + system) of one fresh ``python -c pass`` interpreter, in seconds."""
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit("python -c pass failed")
+    return wall, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
     """Measure and print."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=60, help="interpreters per round and case")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=300, help="interpreter pairs (one with, one without the hook)")
     args = parser.parse_args()
 
     hook = Path(sysconfig.get_paths()["purelib"]) / "anomalib_dcam_autoload.pth"
@@ -49,19 +44,23 @@ def main() -> None:
         sys.exit(f"{hook} not found: install anomalib-dcam into this interpreter first")
     parked = hook.with_suffix(".pth.off")
     results: dict[str, list[tuple[float, float]]] = {"with hook": [], "without hook": []}
-    for _ in range(args.rounds):
-        results["with hook"].append(median_start_up(args.runs))
-        shutil.move(hook, parked)
-        try:
-            results["without hook"].append(median_start_up(args.runs))
-        finally:
-            shutil.move(parked, hook)
+    for pair in range(args.pairs):
+        # Alternate which case runs first, so that drift and caching favour neither.
+        for case in ("with hook", "without hook") if pair % 2 == 0 else ("without hook", "with hook"):
+            if case == "without hook":
+                shutil.move(hook, parked)
+            try:
+                results[case].append(start_up_cost())
+            finally:
+                if case == "without hook":
+                    shutil.move(parked, hook)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     for case, values in results.items():
         wall = statistics.median(value[0] for value in values) * 1000
         cpu = statistics.median(value[1] for value in values) * 1000
-        rounds = ", ".join(f"{value[1] * 1000:.1f}" for value in values)
-        print(f"{case:>13}: wall {wall:.1f} ms, CPU {cpu:.1f} ms (CPU per round: {rounds})")
+        print(f"{case:>13}: median wall {wall:.2f} ms, median CPU {cpu:.2f} ms ({len(values)} runs)")
+    differences = [a[1] - b[1] for a, b in zip(results["with hook"], results["without hook"], strict=True)]
+    print(f"CPU difference with - without, median of pairs: {statistics.median(differences) * 1000:+.2f} ms")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@
 
 At each level the map is ``1 - cos`` across channels at every position, computed as
 ``0.5 * ||t/|t| - s/|s|||^2`` (STFPM's form; identical in value). Every level's map is bilinearly upsampled to the
-image size; the levels are then summed (the DCAM authors' code) or multiplied (STFPM). An optional Gaussian blur
-smooths the result. Everything here is plain tensor arithmetic so that ``torch.export`` can trace it.
+image size; the levels are then multiplied (STFPM, the default) or summed (the DCAM authors' code). An optional
+Gaussian blur smooths the result. Everything here is plain tensor arithmetic so that ``torch.export`` can trace it.
 
 Example:
     >>> import torch
@@ -37,7 +37,8 @@ class AnomalyMapGenerator(nn.Module):
     """Turn teacher and student features into a ``(B, 1, H, W)`` anomaly map.
 
     Args:
-        combine: ``"sum"`` or ``"product"`` of the upsampled per-level maps. Defaults to ``"sum"``.
+        combine: ``"product"`` (STFPM) or ``"sum"`` (the DCAM authors' code) of the upsampled per-level maps.
+            Defaults to ``"product"``.
         sigma: Standard deviation, in pixels, of a Gaussian blur applied to the combined map; ``0`` disables it.
             Defaults to ``0.0``.
 
@@ -45,7 +46,7 @@ class AnomalyMapGenerator(nn.Module):
         ValueError: If ``combine`` is unknown or ``sigma`` is negative.
     """
 
-    def __init__(self, combine: CombineMode | str = CombineMode.SUM, sigma: float = 0.0) -> None:
+    def __init__(self, combine: CombineMode | str = CombineMode.PRODUCT, sigma: float = 0.0) -> None:
         super().__init__()
         self.combine = coerce_choice(combine, CombineMode, "anomaly_map_combine")
         self.sigma = check_non_negative(sigma, "anomaly_map_sigma")

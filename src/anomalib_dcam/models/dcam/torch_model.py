@@ -129,7 +129,7 @@ class DcamModel(nn.Module):
         attention_reduction: Bottleneck ratio of the channel-attention MLP. Defaults to ``8``.
         mask_teacher: Apply the student's attention mask to the teacher features as well, in the loss.
             Defaults to ``False``.
-        anomaly_map_combine: ``"sum"`` or ``"product"`` of the per-level maps. Defaults to ``"sum"``.
+        anomaly_map_combine: ``"product"`` or ``"sum"`` of the per-level maps. Defaults to ``"product"``.
         anomaly_map_sigma: Gaussian smoothing of the anomaly map in pixels, ``0`` for none. Defaults to ``0.0``.
 
     Raises:
@@ -147,7 +147,7 @@ class DcamModel(nn.Module):
         attention_placement: AttentionPlacement | str = AttentionPlacement.SIDE,
         attention_reduction: int = 8,
         mask_teacher: bool = False,
-        anomaly_map_combine: CombineMode | str = CombineMode.SUM,
+        anomaly_map_combine: CombineMode | str = CombineMode.PRODUCT,
         anomaly_map_sigma: float = 0.0,
     ) -> None:
         super().__init__()
