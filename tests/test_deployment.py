@@ -18,6 +18,7 @@ from anomalib.data import ImageBatch, MVTecAD
 from anomalib.deploy import CompressionType, OpenVINOInferencer
 from anomalib.engine import Engine
 from anomalib.metrics import AUROC
+from anomalib.models.components import AnomalibModule
 from scipy.stats import spearmanr
 
 from anomalib_dcam import Dcam
@@ -332,10 +333,8 @@ def test_mixin_replaces_anomalibs_quantization_steps(
     trained: tuple[Dcam, Path],
     large_root: Path,
 ) -> None:
-    class WiredDcam(OpenVINOQuantizationMixin, Dcam):
-        """Dcam with the mixin placed as it is meant to be: before AnomalibModule."""
-
-    model = WiredDcam(pre_trained=False, pre_processor=trained[0].pre_processor)
+    assert Dcam.__mro__.index(OpenVINOQuantizationMixin) < Dcam.__mro__.index(AnomalibModule)
+    model = Dcam(pre_trained=False, pre_processor=trained[0].pre_processor)
     # anomalib's own dispatcher (called by to_openvino and `anomalib export`) reaches the plugin's steps: a plain
     # datamodule of 96 px images (anomalib feeds them unresized, which a 64 px IR rejects) calibrates at 64 px, and
     # the anomaly-map head stays in floating point.
@@ -351,7 +350,7 @@ def test_anomalibs_own_quantization_step_accepts_a_calibration_datamodule(
 ) -> None:
     from anomalib.models.components.base.export_mixin import ExportMixin
 
-    # What `anomalib export --data anomalib_dcam.deploy.<Calibration>` runs while Dcam lacks the mixin.
+    # What `anomalib export --data anomalib_dcam.deploy.<Calibration>` runs for a model without the mixin.
     calibration = SyntheticAnomalyCalibration(_datamodule(deploy_root), image_size=IMAGE_SIZE, num_images=4)
     quantized = ExportMixin._post_training_quantization_ov(fp32_model, calibration)
     assert _fake_quantize_consumers(quantized)["Convolution"] > 10
