@@ -43,22 +43,13 @@ RUNS: dict[str, tuple[str, dict, float]] = {
 
 def build_model(name: str):
     """Build the model of a run, with the shared backbone and pyramid."""
-    from anomalib.models import Stfpm
-    from torch import optim
-
     from anomalib_dcam import Dcam
+    from anomalib_dcam.benchmark.models import TunedStfpm
 
     model_name, arguments, lr = RUNS[name]
     if model_name == "Dcam":
         return Dcam(backbone=BACKBONE, layers=PYRAMID, lr=lr, **arguments)
-
-    class TunedStfpm(Stfpm):
-        """anomalib's Stfpm with its SGD learning rate exposed (anomalib hard-codes 0.4)."""
-
-        def configure_optimizers(self) -> optim.Optimizer:
-            return optim.SGD(self.model.student_model.parameters(), lr=lr, momentum=0.9, weight_decay=0.001)
-
-    return TunedStfpm(backbone=BACKBONE, layers=PYRAMID)
+    return TunedStfpm(backbone=BACKBONE, layers=PYRAMID, lr=lr, **arguments)
 
 
 def run(name: str, root: Path, category: str, epochs: int, seed: int, output: Path) -> dict:

@@ -57,8 +57,7 @@ class TunedStfpm(Stfpm):
     """anomalib's Stfpm with its SGD hyper-parameters as constructor arguments.
 
     anomalib hard-codes ``lr=0.4``, ``momentum=0.9`` and ``weight_decay=0.001``; the defaults here are the same, so
-    ``TunedStfpm()`` trains exactly like ``Stfpm()``. With the ``tf_efficientnet_lite0`` backbone ``lr=0.1`` trains
-    much better (``benchmarks/dcam_vs_stfpm.py``).
+    ``TunedStfpm()`` trains exactly like ``Stfpm()``. docs/results.md compares Dcam with ``TunedStfpm(lr=0.1)``.
 
     Args:
         backbone: timm backbone of teacher and student. Defaults to ``"resnet18"``.
