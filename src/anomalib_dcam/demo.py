@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in sorted(metrics):
         print(f"  {name:<14} {metrics[name]:.4f}")
     if heatmaps:
-        print(f"Heatmaps: {len(heatmaps)} images under {heatmaps[0].parent}")
+        print(f"Heatmaps: {len(heatmaps)} images under {heatmaps[0].parent.parent}")
     (args.output / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"Metrics written to {args.output / 'metrics.json'}")
     return 0
