@@ -33,6 +33,7 @@ RUNS: dict[str, tuple[str, dict, float]] = {
     "dcam_inline": ("Dcam", {"attention_placement": "inline"}, 0.1),
     "dcam_mask_teacher": ("Dcam", {"mask_teacher": True}, 0.1),
     "dcam_t4": ("Dcam", {"temperature": 4.0}, 0.1),
+    "dcam_no_pixel_term": ("Dcam", {"pixel_weight": 0.0}, 0.1),  # the paper's best: channel CD + spatial KD only
     "dcam_cbam": ("Dcam", {"attention": "cbam"}, 0.1),
     "dcam_no_attention": ("Dcam", {"attention": "none"}, 0.1),
     "stfpm_loss_sum_map": ("Dcam", {"attention": "none", "channel_weight": 0.0, "kd_weight": 0.0}, 0.1),

@@ -6,11 +6,13 @@ r"""Dcam deployment benchmark: every OpenVINO precision against eager FP32 PyTor
 For one trained Dcam checkpoint and the test images of the given categories, the script
 
 1. exports the OpenVINO IRs (one conversion, then FP32, FP16, INT8 weights-only, INT8_PTQ with each calibration
-   source, INT8_ACQ), and takes a QAT IR if one is given (``--qat-ir``, from ``python -m anomalib_dcam.deploy.qat``);
+   source, INT8_ACQ), and takes QAT IRs if given (``--qat-ir student=<xml> all=<xml>``, from
+   ``anomalib-dcam qat``);
 2. scores every test image with each precision, each in a fresh subprocess, so that peak memory (the process's RSS
    high-water mark) is measured fairly; predictions are written to disk first;
-3. measures batch-1 latency (synchronous inference) and throughput (``AsyncInferQueue`` with OpenVINO's optimal
-   number of requests) on the CPU, compiled with the stated ``INFERENCE_PRECISION_HINT`` (default ``f32``);
+3. measures batch-1 latency (synchronous inference) and throughput on the CPU: OpenVINO through an
+   ``AsyncInferQueue`` with its optimal number of requests, compiled with the stated ``INFERENCE_PRECISION_HINT``
+   (default ``f32``); eager PyTorch in batches of ``--torch-batch-size`` (default 32);
 4. computes image AUROC, pixel AUROC and AUPRO (anomalib's, FPR limit 0.3) per category, and the drop against eager
    FP32 PyTorch, from the saved predictions, and writes ``results.csv`` and ``results.md``.
 
@@ -20,9 +22,15 @@ under ``ir/`` and ``runs/`` to redo it.
 Calibration uses the training normals of the categories (INT8_ACQ: its validation set is a synthetic-anomaly split
 of the training normals, so no test image is seen during quantization).
 
+``--speed-only`` replaces the checkpoint by Dcam's default configuration (ResNet18 teacher and student) with random
+weights: the same exports and timings, on the same images, with no quality columns (random weights say nothing about
+quality).
+
 Example:
     python benchmarks/deployment.py --ckpt_path results/Dcam/MVTecAD/bottle/latest/weights/lightning/model.ckpt \
         --root ../shared/data/industrial --categories bottle --output results/deployment/bottle
+    python benchmarks/deployment.py --speed-only --root ../shared/data/industrial --categories bottle \
+        --precisions torch_fp32 ov_fp32 ov_fp16 ov_int8_ptq_normals --output results/deployment/resnet18_speed_only
 """
 
 import argparse
@@ -43,8 +51,10 @@ if TYPE_CHECKING:
     import numpy as np
     import openvino as ov
 
+    from anomalib_dcam import Dcam
+
 EAGER = "torch_fp32"
-# name -> (compression type, calibration source); None for the eager reference and the external QAT IR.
+# name -> (compression type, calibration source); the eager reference and the external QAT IRs are not exported here.
 EXPORTS: dict[str, tuple[str, str | None]] = {
     "ov_fp32": ("FP32", None),
     "ov_fp16": ("FP16", None),
@@ -54,8 +64,8 @@ EXPORTS: dict[str, tuple[str, str | None]] = {
     "ov_int8_ptq_synthetic": ("INT8_PTQ", "synthetic_anomalies"),
     "ov_int8_acq": ("INT8_ACQ", "normals"),
 }
-QAT = "ov_int8_qat"
-ALL_PRECISIONS = [EAGER, *EXPORTS, QAT]
+QAT = "ov_int8_qat"  # prefix: ``ov_int8_qat_<label>`` for ``--qat-ir <label>=<xml>``
+ALL_PRECISIONS = [EAGER, *EXPORTS]
 METRICS = ("image_AUROC", "pixel_AUROC", "AUPRO")
 
 
@@ -120,14 +130,49 @@ def write_json(path: Path, data: object) -> None:
     temporary.replace(path)
 
 
-def ir_path(output: Path, name: str, qat_ir: Path | None) -> Path:
-    """Where the IR of a precision lives."""
-    if name == QAT:
-        if qat_ir is None:
-            msg = f"precision {QAT} needs --qat-ir <model.xml>"
+def ir_path(output: Path, name: str, qat_irs: dict[str, Path] | None = None) -> Path:
+    """Where the IR of a precision lives (QAT IRs: where ``--qat-ir`` points)."""
+    if name.startswith(QAT):
+        if not qat_irs or name not in qat_irs:
+            msg = f"precision {name} needs --qat-ir {name.removeprefix(QAT + '_') or 'LABEL'}=<model.xml>"
             raise ValueError(msg)
-        return qat_ir
+        return qat_irs[name]
     return output / "ir" / name / "weights" / "openvino" / "model.xml"
+
+
+def parse_qat_irs(values: list[str]) -> dict[str, Path]:
+    """``["student=a.xml", "all=b.xml"]`` -> ``{"ov_int8_qat_student": a.xml, ...}``; a bare path: ``ov_int8_qat``."""
+    irs = {}
+    for value in values:
+        label, separator, path = value.rpartition("=")
+        if not separator:
+            label = "qat"
+        name = f"{QAT}_{label}" if label != "qat" else QAT
+        if not Path(path).is_file():
+            msg = f"--qat-ir {value!r}: {path!r} is not a file; pass LABEL=<model.xml> from `anomalib-dcam qat`."
+            raise FileNotFoundError(msg)
+        irs[name] = Path(path)
+    return irs
+
+
+def load_model(args: argparse.Namespace) -> "Dcam":
+    """The checkpoint's Dcam, or with ``--speed-only`` Dcam's default configuration with seeded random weights."""
+    import torch
+
+    from anomalib_dcam import Dcam
+
+    if args.speed_only:
+        torch.manual_seed(0)  # every stage subprocess builds the same random network
+        model = Dcam().eval()  # teacher weights are only loaded when fitting: these stay random
+        # An untrained post-processor holds NaN statistics, which OpenVINO rejects (a Clamp with NaN bounds); any
+        # finite values give the same graph, hence the same timings, as a trained model's.
+        post_processor = model.post_processor
+        for name, value in {"image_min": 0.0, "image_max": 1.0, "pixel_min": 0.0, "pixel_max": 1.0}.items():
+            getattr(post_processor, name).fill_(value)
+        post_processor._image_threshold.fill_(0.5)  # no public setter in anomalib 2.7
+        post_processor._pixel_threshold.fill_(0.5)
+        return model
+    return Dcam.load_from_checkpoint(args.ckpt_path, map_location="cpu").eval()
 
 
 def prepare_test_data(args: argparse.Namespace) -> None:
@@ -171,7 +216,6 @@ def stage_export(args: argparse.Namespace) -> None:
     """Export every requested IR that does not exist yet."""
     import torch
 
-    from anomalib_dcam import Dcam
     from anomalib_dcam.data import MultiClassMVTec
     from anomalib_dcam.deploy import (
         build_calibration_datamodule,
@@ -185,7 +229,7 @@ def stage_export(args: argparse.Namespace) -> None:
     missing = [name for name in args.precisions if name in EXPORTS and not ir_path(args.output, name, None).is_file()]
     if not missing:
         return
-    model = Dcam.load_from_checkpoint(args.ckpt_path, map_location="cpu").eval()
+    model = load_model(args)
     start = time.perf_counter()
     base = convert_to_openvino(model, tuple(args.input_size))
     conversion_seconds = time.perf_counter() - start
@@ -252,6 +296,16 @@ def _time_calls(function: "Callable[[int], object]", warmup: int, iterations: in
     return seconds
 
 
+def _stack_predictions(scores: list[float], labels: list[bool], maps: list["np.ndarray"]) -> dict[str, "np.ndarray"]:
+    import numpy as np
+
+    return {
+        "pred_score": np.array(scores, dtype=np.float32),
+        "pred_label": np.array(labels, dtype=bool),
+        "anomaly_map": np.stack(maps) if maps else np.zeros((0, 1, 1), dtype=np.float32),
+    }
+
+
 def _openvino_scoring_and_latency(
     args: argparse.Namespace,
     core: "ov.Core",
@@ -266,13 +320,13 @@ def _openvino_scoring_and_latency(
     compiled = core.compile_model(str(xml), "CPU", openvino_config(args.precision_hint, "LATENCY", args.num_threads))
     request = compiled.create_infer_request()
     scores, labels, maps = [], [], []
-    for image in images:
+    for image in [] if args.speed_only else images:
         outputs = {port.get_any_name(): value for port, value in request.infer({0: image[None]}).items()}
         scores.append(float(np.asarray(outputs["pred_score"]).ravel()[0]))
         labels.append(bool(np.asarray(outputs.get("pred_label", [False])).ravel()[0]))
         anomaly_map = np.asarray(outputs["anomaly_map"])
         maps.append(anomaly_map.reshape(anomaly_map.shape[-2:]).astype(np.float32))
-    predictions = {"pred_score": np.array(scores), "pred_label": np.array(labels), "anomaly_map": np.stack(maps)}
+    predictions = _stack_predictions(scores, labels, maps)
     timing_images = [np.ascontiguousarray(images[index][None]) for index in range(min(len(images), 16))]
     seconds = _time_calls(
         lambda index: request.infer({0: timing_images[index % len(timing_images)]}),
@@ -317,7 +371,7 @@ def _measure_openvino(args: argparse.Namespace, name: str, images: "np.ndarray")
 
     import openvino as ov
 
-    xml = ir_path(args.output, name, args.qat_ir)
+    xml = ir_path(args.output, name, args.qat_irs)
     core = ov.Core()
     baseline = current_rss_mb()
     reset = reset_peak_rss()
@@ -335,36 +389,47 @@ def _measure_openvino(args: argparse.Namespace, name: str, images: "np.ndarray")
 
 def _measure_torch(args: argparse.Namespace, images: "np.ndarray") -> tuple[dict, dict]:
     """Score, time and measure the checkpoint in eager PyTorch (the reference)."""
-    import numpy as np
     import torch
-
-    from anomalib_dcam import Dcam
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     baseline = current_rss_mb()
     reset = reset_peak_rss()
-    model = Dcam.load_from_checkpoint(args.ckpt_path, map_location="cpu").eval()
+    model = load_model(args)
     scores, labels, maps = [], [], []
     with torch.inference_mode():
-        for image in images:
+        for image in [] if args.speed_only else images:
             output = model(torch.from_numpy(image[None]))
             scores.append(float(output.pred_score.reshape(-1)[0]))
             labels.append(bool(output.pred_label.reshape(-1)[0]) if output.pred_label is not None else False)
             maps.append(output.anomaly_map.reshape(output.anomaly_map.shape[-2:]).float().numpy())
-        predictions = {"pred_score": np.array(scores), "pred_label": np.array(labels), "anomaly_map": np.stack(maps)}
+        predictions = _stack_predictions(scores, labels, maps)
         timing_images = [torch.from_numpy(images[index][None].copy()) for index in range(min(len(images), 16))]
         seconds = _time_calls(
             lambda index: model(timing_images[index % len(timing_images)]),
             args.warmup,
             args.latency_iterations,
         )
+        peak_latency = peak_rss_mb()
+        # Throughput: whole batches, as a PyTorch deployment would run them; the peak memory of batch-32 inference
+        # is reported apart from the batch-1 peak.
+        reset_peak_rss()
+        batch = torch.from_numpy(images[: args.torch_batch_size].copy())
+        batch = torch.cat([batch] * -(-args.torch_batch_size // len(batch)))[: args.torch_batch_size]
+        model(batch)  # warm-up
+        num_batches = max(1, round(args.throughput_images / args.torch_batch_size))
+        start = time.perf_counter()
+        for _ in range(num_batches):
+            model(batch)
+        throughput = num_batches * args.torch_batch_size / (time.perf_counter() - start)
     measurement = {
         **_latency_stats(seconds),
         "rss_baseline_mb": baseline,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_latency,
         "peak_rss_reset": reset,
-        "throughput_images_per_s": None,  # AsyncInferQueue is OpenVINO's; eager PyTorch is timed at batch 1 only
+        "throughput_images_per_s": throughput,
+        "throughput_batch_size": args.torch_batch_size,
+        "peak_rss_throughput_mb": peak_rss_mb(),
         "ir_size_mb": None,
         "torch_threads": torch.get_num_threads(),
     }
@@ -392,7 +457,8 @@ def stage_measure(args: argparse.Namespace) -> None:
         "num_threads": args.num_threads,
         "num_images": len(images),
         "latency_iterations": args.latency_iterations,
-        "throughput_images": None if name == EAGER else args.throughput_images,
+        "throughput_images": args.throughput_images,
+        "speed_only": args.speed_only,
     }
     write_json(run_dir / "measure.json", measurement)
 
@@ -440,7 +506,9 @@ def report(args: argparse.Namespace, precisions: list[str]) -> list[dict]:
     for name in precisions:
         run_dir = args.output / "runs" / name
         metrics_path = run_dir / "metrics.json"
-        if not metrics_path.is_file():
+        if args.speed_only:  # random weights: no quality is measured, let alone reported
+            write_json(metrics_path, {group: dict.fromkeys(METRICS) for group in groups})
+        elif not metrics_path.is_file():
             predictions = dict(np.load(run_dir / "predictions.npz"))
             write_json(
                 metrics_path,
@@ -448,7 +516,7 @@ def report(args: argparse.Namespace, precisions: list[str]) -> list[dict]:
             )
         metrics = json.loads(metrics_path.read_text())
         measurement = json.loads((run_dir / "measure.json").read_text())
-        export_path = ir_path(args.output, name, args.qat_ir).parent / "export.json" if name != EAGER else None
+        export_path = ir_path(args.output, name, args.qat_irs).parent / "export.json" if name != EAGER else None
         export = json.loads(export_path.read_text()) if export_path is not None and export_path.is_file() else {}
         for group in groups:
             if name == EAGER:
@@ -456,13 +524,15 @@ def report(args: argparse.Namespace, precisions: list[str]) -> list[dict]:
             row = {"precision": name, "category": group, **metrics[group]}
             for metric in METRICS:
                 base = reference.get(group, {}).get(metric)
-                row[f"{metric}_drop"] = None if base is None else base - metrics[group][metric]
+                value = metrics[group][metric]
+                row[f"{metric}_drop"] = None if base is None or value is None else base - value
             row |= {
                 key: measurement.get(key)
                 for key in (
                     "latency_ms_median",
                     "latency_ms_p90",
                     "throughput_images_per_s",
+                    "throughput_batch_size",
                     "peak_rss_mb",
                     "rss_baseline_mb",
                     "ir_size_mb",
@@ -471,6 +541,7 @@ def report(args: argparse.Namespace, precisions: list[str]) -> list[dict]:
                 )
             }
             row["calibration_source"] = export.get("calibration_source")
+            row["speed_only"] = args.speed_only
             rows.append(row)
     return rows
 
@@ -495,21 +566,26 @@ def write_reports(args: argparse.Namespace, rows: list[dict]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    model = (
+        "Dcam's default configuration (ResNet18), random weights: speed only, not pretrained, no quality columns"
+        if args.speed_only
+        else f"checkpoint `{args.ckpt_path}`"
+    )
     lines = [
         "# Dcam deployment benchmark",
         "",
-        f"- checkpoint: `{args.ckpt_path}`; categories: {', '.join(args.categories)}; input {args.input_size[0]} x "
-        f"{args.input_size[1]}",
+        f"- {model}; test images: {', '.join(args.categories)}; input {args.input_size[0]} x {args.input_size[1]}",
         f"- CPU: {cpu_name()} ({os.cpu_count()} logical cores); OpenVINO {ov.__version__}; PyTorch {torch.__version__}",
         f"- OpenVINO CPU plugin with `INFERENCE_PRECISION_HINT={args.precision_hint}`; threads: "
         f"{args.num_threads or 'default'}; latency: batch 1, synchronous, median (p90) of {args.latency_iterations} "
-        f"runs; throughput: AsyncInferQueue, {args.throughput_images} images",
+        f"runs; throughput: {args.throughput_images} images, OpenVINO through AsyncInferQueue (batch 1 requests), "
+        f"eager PyTorch in batches of {args.torch_batch_size}",
         "- drop = eager FP32 PyTorch minus the precision (positive: worse); AUPRO with FPR limit 0.3",
         f"- INT8 calibration: {args.num_calibration_images} training normals (or generated images) per source; "
         "INT8_ACQ validates on synthetic anomalies of held-out training normals",
         "- peak RSS: high-water mark of the scoring process while it loads the model, scores the test set and runs "
-        "the latency loop (reset after imports and after loading the test images, whose RSS is the baseline); "
-        "OpenVINO processes import NumPy and OpenVINO only",
+        "the batch-1 latency loop (reset after imports and after loading the test images, whose RSS is the "
+        "baseline); OpenVINO processes import NumPy and OpenVINO only",
         f"- {stamp}",
         "",
         "| precision | category | image AUROC (drop) | pixel AUROC (drop) | AUPRO (drop) | latency ms (p90) "
@@ -542,12 +618,11 @@ def _run_stage(arguments: list[str], stage: str, precision: str | None = None) -
         raise RuntimeError(msg)
 
 
-def default_input_size(ckpt_path: Path) -> list[int]:
-    """The export size: the checkpoint's pre-processor resize."""
-    from anomalib_dcam import Dcam
+def default_input_size(args: argparse.Namespace) -> list[int]:
+    """The export size: the model's pre-processor resize."""
     from anomalib_dcam.deploy.quantization import pre_processor_stats
 
-    size, _, _ = pre_processor_stats(Dcam.load_from_checkpoint(ckpt_path, map_location="cpu").pre_processor)
+    size, _, _ = pre_processor_stats(load_model(args).pre_processor)
     if size is None:
         msg = "The checkpoint's pre-processor has no Resize; pass --input-size HEIGHT WIDTH."
         raise ValueError(msg)
@@ -557,18 +632,32 @@ def default_input_size(ckpt_path: Path) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     """Parse the command line; also return the arguments to pass on to the stage subprocesses."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_path", type=Path, required=True, help="trained Dcam checkpoint")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--ckpt_path", type=Path, help="trained Dcam checkpoint")
+    model.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="time Dcam's default configuration (ResNet18) with random weights instead: no quality columns",
+    )
     parser.add_argument("--root", type=Path, required=True, help="MVTec-layout dataset root")
     parser.add_argument("--categories", nargs="+", required=True, help="categories under --root")
     parser.add_argument("--output", type=Path, default=Path("results/deployment"), help="output folder")
     parser.add_argument("--input-size", type=int, nargs=2, default=None, help="export size (default: checkpoint's)")
-    parser.add_argument("--precisions", nargs="+", default=None, choices=ALL_PRECISIONS, help="default: all")
-    parser.add_argument("--qat-ir", type=Path, default=None, help="QAT INT8 IR (.xml) to include")
+    parser.add_argument("--precisions", nargs="+", default=None, help=f"of {ALL_PRECISIONS} (default: all)")
+    parser.add_argument(
+        "--qat-ir",
+        nargs="+",
+        default=[],
+        metavar="LABEL=XML",
+        help="QAT INT8 IRs to include, measured as ov_int8_qat_<LABEL> (e.g. student=results/qat/student/weights/"
+        "openvino/model.xml)",
+    )
     parser.add_argument("--precision-hint", default="f32", choices=["f32", "bf16", "f16", "default"])
     parser.add_argument("--num-threads", type=int, default=None, help="inference threads (default: all cores)")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up inferences before timing")
     parser.add_argument("--latency-iterations", type=int, default=200, help="timed batch-1 inferences")
-    parser.add_argument("--throughput-images", type=int, default=400, help="images pushed through AsyncInferQueue")
+    parser.add_argument("--throughput-images", type=int, default=400, help="images timed for throughput")
+    parser.add_argument("--torch-batch-size", type=int, default=32, help="eager PyTorch throughput batch size")
     parser.add_argument("--num-calibration-images", type=int, default=300, help="INT8 calibration images")
     parser.add_argument("--acq-metric", default="image_AUROC", help="INT8_ACQ metric (see resolve_acq_metric)")
     parser.add_argument("--acq-max-drop", type=float, default=0.01, help="INT8_ACQ largest accepted metric drop")
@@ -576,10 +665,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--precision", default=None, help=argparse.SUPPRESS)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    try:
+        args.qat_irs = parse_qat_irs(args.qat_ir)
+    except FileNotFoundError as error:
+        parser.error(str(error))
     if args.precisions is None:
-        args.precisions = [name for name in ALL_PRECISIONS if name != QAT or args.qat_ir is not None]
-    if QAT in args.precisions and args.qat_ir is None:
-        parser.error(f"--precisions {QAT} needs --qat-ir <model.xml>")
+        args.precisions = list(ALL_PRECISIONS)
+    args.precisions += [name for name in args.qat_irs if name not in args.precisions]  # given, hence measured
+    for name in args.precisions:
+        if name not in ALL_PRECISIONS and name not in args.qat_irs:
+            parser.error(
+                f"--precisions {name}: not one of {ALL_PRECISIONS}, nor a QAT IR given with --qat-ir "
+                f"(those are measured as {QAT}_<LABEL>)",
+            )
+    if args.speed_only and "ov_int8_acq" in args.precisions:
+        parser.error("--speed-only cannot measure ov_int8_acq: accuracy control needs a trained model")
     if EAGER not in args.precisions:
         args.precisions.insert(0, EAGER)  # every drop is measured against it
     passed_on = []
@@ -600,7 +700,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args, passed_on = parse_args(argv)
     if args.input_size is None:
-        args.input_size = default_input_size(args.ckpt_path)
+        args.input_size = default_input_size(args)
         passed_on += ["--input-size", *map(str, args.input_size)]
     if args.stage == "export":
         stage_export(args)

@@ -166,6 +166,18 @@ def test_weights_check_sees_the_packaged_lite0_weights(tmp_path: Path) -> None:
     assert "Hugging Face cache" in found.description
 
 
+@requires_lite0
+def test_list_shows_the_weights_the_run_will_install(tmp_path: Path, texture_root: Path) -> None:
+    stfpm = {"name": "stfpm", "class_path": "TunedStfpm", "init_args": {"backbone": "tf_efficientnet_lite0"}}
+    config = _config(tmp_path, texture_root, [stfpm])
+    config.write_text(config.read_text().replace("install_lite0: false", "install_lite0: true"))
+    code, output = _run("--config", str(config), "--list", "--no-speed-only-without-weights")
+    assert code == 0, output
+    assert "mode: full" in output
+    assert "Hugging Face cache (timm/tf_efficientnet_lite0.in1k)" in output
+    assert "pending" in output
+
+
 def test_speed_only_models_build_with_random_weights_offline() -> None:
     import torch
     from anomalib.models import ReverseDistillation

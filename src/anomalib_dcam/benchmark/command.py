@@ -63,8 +63,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list_jobs(config: object, speed_only: bool) -> int:
-    from .runner import existing_outcome, plan_jobs
+    from .runner import existing_outcome, plan_jobs, prepare_weights
 
+    prepare_weights(config)  # type: ignore[arg-type]  # the list then shows the weights the run will find
     planned_jobs = plan_jobs(config, speed_only)  # type: ignore[arg-type]
     for index, planned in enumerate(planned_jobs, start=1):
         outcome = existing_outcome(planned, config)  # type: ignore[arg-type]
