@@ -24,6 +24,7 @@ from scipy.stats import spearmanr
 from anomalib_dcam import Dcam
 from anomalib_dcam.deploy import (
     NormalsCalibration,
+    OpenVINOModel,
     OpenVINOQuantizationMixin,
     RandomNormalCalibration,
     SyntheticAnomalyCalibration,
@@ -442,6 +443,102 @@ def test_example_scores_a_folder(
     assert len(list((tmp_path / "scores" / "heatmaps").rglob("*.png"))) == 16
 
 
+def _engine(root_dir: Path) -> Engine:
+    return Engine(default_root_dir=root_dir, logger=False, accelerator="cpu", enable_progress_bar=False)
+
+
+def _predicted_scores(predictions: list[ImageBatch]) -> dict[str, tuple[float, bool]]:
+    return {
+        Path(path).name: (float(score), bool(label))
+        for batch in predictions
+        for path, score, label in zip(
+            batch.image_path, batch.pred_score.reshape(-1), batch.pred_label.reshape(-1), strict=True
+        )
+    }
+
+
+def test_openvino_model_predicts_like_the_torch_model_at_any_image_size(
+    trained: tuple[Dcam, Path],
+    fp32_xml: Path,
+    large_root: Path,
+    tmp_path: Path,
+) -> None:
+    """The 64 px IR scores 96 px images as the PyTorch model does: resized by the wrapper, then the exported graph."""
+    images = large_root / "brick" / "train" / "good"
+    ir_model = OpenVINOModel(fp32_xml)
+    assert ir_model.ir_input_size == (IMAGE_SIZE, IMAGE_SIZE)
+    ir_predictions = _engine(tmp_path / "ir").predict(ir_model, data_path=images)
+    torch_predictions = _engine(tmp_path / "torch").predict(trained[0], data_path=images)
+    ir_scores, torch_scores = _predicted_scores(ir_predictions), _predicted_scores(torch_predictions)
+    assert len(ir_scores) == 4
+    assert ir_scores.keys() == torch_scores.keys()
+    assert np.allclose(
+        [ir_scores[name][0] for name in ir_scores], [torch_scores[name][0] for name in ir_scores], atol=1e-4
+    )
+    assert all(
+        ir_scores[name][1] == torch_scores[name][1] for name in ir_scores if abs(ir_scores[name][0] - 0.5) > 1e-4
+    )
+    batch = ir_predictions[0]
+    assert batch.anomaly_map.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE)
+    assert batch.pred_label.dtype == torch.bool
+    assert batch.pred_mask.dtype == torch.bool
+    # The visualiser of anomalib wrote one picture per image under the run folder.
+    assert len(list((tmp_path / "ir").rglob("images/**/*.png"))) == 4
+
+
+def test_openvino_model_tests_like_the_torch_model(
+    trained: tuple[Dcam, Path],
+    ptq_normals: ov.Model,
+    fp32_xml: Path,
+    deploy_root: Path,
+    tmp_path: Path,
+) -> None:
+    """``Engine.test`` on the IR gives the metrics of the PyTorch model (FP32) and scores an INT8 IR as well."""
+    int8_xml = save_openvino(ptq_normals, tmp_path / "int8")
+    results = {}
+    for name, model in {
+        "torch": trained[0],
+        "fp32": OpenVINOModel(fp32_xml, visualizer=False),
+        "int8": OpenVINOModel(int8_xml, visualizer=False),
+    }.items():
+        (results[name],) = _engine(tmp_path / name).test(model, datamodule=_datamodule(deploy_root))
+    # Not F1: the adaptive threshold equals the score of a validation image that is also a test image, so that image's
+    # label depends on the last bit of a score computed in another order.
+    for metric in ("image_AUROC", "pixel_AUROC"):
+        assert results["fp32"][metric] == pytest.approx(results["torch"][metric], abs=1e-4)
+    assert results["int8"]["image_AUROC"] >= results["fp32"]["image_AUROC"] - 0.1
+
+
+def test_openvino_model_dynamic_input_is_not_resized(trained: tuple[Dcam, Path], tmp_path: Path) -> None:
+    xml = export_openvino(trained[0], tmp_path / "dynamic")
+    model = OpenVINOModel(xml)
+    assert model.ir_input_size is None
+    assert model.pre_processor is None
+    images = torch.rand(2, 3, 48, 40)
+    prediction = model(images)
+    # The exported graph resizes to the model's 64 px itself.
+    assert prediction.anomaly_map.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE)
+    assert np.allclose(prediction.pred_score.numpy(), _scores(xml, images)["pred_score"], atol=1e-6)
+
+
+def test_openvino_model_checks_its_input(trained: tuple[Dcam, Path], fp32_xml: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"path=.*model\.ckpt.*\.xml"):
+        OpenVINOModel(trained[1])
+    with pytest.raises(FileNotFoundError, match=r"path=.*missing\.xml.*does not exist"):
+        OpenVINOModel(tmp_path / "missing.xml")
+    lonely = tmp_path / "lonely.xml"
+    lonely.write_text(fp32_xml.read_text())
+    with pytest.raises(FileNotFoundError, match=r"lonely\.bin"):
+        OpenVINOModel(lonely)
+    with pytest.raises(ValueError, match="precision_hint='f64'"):
+        OpenVINOModel(fp32_xml, precision_hint="f64")
+    model = OpenVINOModel(fp32_xml, visualizer=False)
+    with pytest.raises(RuntimeError, match="cannot be trained"):
+        model.training_step(None, 0)
+    with pytest.raises(ValueError, match="do not pass --ckpt_path"):
+        model.load_state_dict(trained[0].state_dict())
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line and quantization-aware training (slow)
 # ----------------------------------------------------------------------------------------------------------------------
@@ -467,6 +564,18 @@ def test_anomalib_export_calibrates_with_a_plugin_datamodule(
     model = ov.Core().read_model(str(xml))
     assert any(operation.get_type_name() == "FakeQuantize" for operation in model.get_ops())
     assert np.isfinite(_scores(xml, torch.rand(2, 3, 48, 48))["pred_score"]).all()
+
+
+@pytest.mark.slow
+def test_anomalib_predict_runs_an_exported_ir(fp32_xml: Path, large_root: Path, tmp_path: Path) -> None:
+    images = large_root / "brick" / "train" / "good"
+    command = [str(BIN_DIR / "anomalib"), "predict", "--model", "anomalib_dcam.deploy.OpenVINOModel"]
+    command += ["--model.path", str(fp32_xml), "--data", str(images), "--default_root_dir", "predicted"]
+    env = subprocess_env(OMP_NUM_THREADS="1")
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pictures = sorted(path.name for path in (tmp_path / "predicted").rglob("images/**/*.png"))
+    assert pictures == sorted(path.name for path in images.iterdir())
 
 
 @pytest.mark.slow

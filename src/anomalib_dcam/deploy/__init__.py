@@ -9,6 +9,7 @@
   :class:`RandomNormalCalibration`, :class:`SyntheticAnomalyCalibration`.
 - :mod:`anomalib_dcam.deploy.qat`: quantization-aware training (``python -m anomalib_dcam.deploy.qat``).
 - :func:`openvino_inferencer` and :func:`compile_openvino`: inference with an explicit precision hint.
+- :class:`OpenVINOModel`: an exported IR as an anomalib model, for ``anomalib predict`` and ``anomalib test``.
 
 docs/deployment.md walks through all of it.
 """
@@ -29,6 +30,8 @@ _LAZY_ATTRIBUTES = {
     "compile_openvino": "inference",
     "openvino_config": "inference",
     "openvino_inferencer": "inference",
+    "OpenVINOInferenceModel": "openvino_model",
+    "OpenVINOModel": "openvino_model",
     "OpenVINOQuantizationMixin": "quantization",
     "anomaly_head_ignored_scope": "quantization",
     "compress_openvino_model": "quantization",
@@ -46,6 +49,8 @@ __all__ = [
     "CalibrationSource",
     "NoiseSpace",
     "NormalsCalibration",
+    "OpenVINOInferenceModel",
+    "OpenVINOModel",
     "OpenVINOQuantizationMixin",
     "RandomNormalCalibration",
     "SyntheticAnomalyCalibration",
