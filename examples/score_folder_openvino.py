@@ -39,16 +39,6 @@ def find_images(folder: Path) -> list[Path]:
     return sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def static_input_size(model_path: Path) -> tuple[int, int] | None:
-    """``(height, width)`` of the IR's input when static, else ``None`` (then images are scored at their size)."""
-    import openvino as ov
-
-    shape = ov.Core().read_model(str(model_path)).input(0).partial_shape
-    if shape.rank.is_static and shape.rank.get_length() == 4 and shape[2].is_static and shape[3].is_static:
-        return shape[2].get_length(), shape[3].get_length()
-    return None
-
-
 def load_image(path: Path, size: tuple[int, int] | None) -> "torch.Tensor":
     """Read an image as a ``(3, H, W)`` float tensor in [0, 1], resized to ``size`` when given."""
     import torch
@@ -90,7 +80,7 @@ def score_folder(
     Raises:
         FileNotFoundError: If the model or the folder does not exist, or the folder holds no image.
     """
-    from anomalib_dcam.deploy import openvino_inferencer
+    from anomalib_dcam.deploy import openvino_inferencer, static_input_size
 
     if not images_dir.is_dir():
         msg = f"--images {str(images_dir)!r} is not a folder."

@@ -331,6 +331,10 @@ def test_held_out_checkpoint_keeps_the_lowest_score_and_restores_it(dataset_root
 
     assert len(recorder.scores) == 3
     assert float(checkpoint.best_model_score) == pytest.approx(min(recorder.scores))
+    # The default split's synthetic anomalies put the image threshold inside the normalisation range; from normals
+    # alone it would be the largest normal score, the top of the range.
+    post_processor = engine.model.post_processor
+    assert float(post_processor.image_min) < float(post_processor.image_threshold) < float(post_processor.image_max)
     assert engine.best_model_path == checkpoint.best_model_path
     assert Path(checkpoint.best_model_path).parent == Path(engine.trainer.default_root_dir) / "weights" / "lightning"
 
@@ -352,8 +356,34 @@ def test_held_out_checkpoint_keeps_the_lowest_score_and_restores_it(dataset_root
 def test_held_out_checkpoint_refuses_a_validation_set_with_anomalies(dataset_root: Path, tmp_path: Path) -> None:
     datamodule = MultiClassMVTec(root=dataset_root, categories=["a"], val_split_mode="same_as_test", num_workers=0)
     engine = Engine(max_epochs=1, callbacks=[HeldOutNormalCheckpoint()], default_root_dir=tmp_path, accelerator="cpu")
-    with pytest.raises(ValueError, match=r"val_split_mode='same_as_test'.*set val_split_mode='from_train'"):
+    with pytest.raises(
+        ValueError, match=r"val_split_mode='same_as_test'.*set val_split_mode='synthetic' or 'from_train'"
+    ):
         engine.fit(model=small_dcam(), datamodule=datamodule)
+
+
+def _validate_one_batch(checkpoint: HeldOutNormalCheckpoint, split_mode: str, labels: list[int]) -> dict[str, float]:
+    """Run the callback's validation hooks on one batch of scores 0.1, 0.2, ...; return what it logged."""
+    logged: dict[str, float] = {}
+    module = SimpleNamespace(log=lambda name, value, **_: logged.update({name: float(value)}), device="cpu")
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(val_split_mode=split_mode, val_data=[0, 1]), world_size=1)
+    checkpoint.on_fit_start(trainer, module)
+    checkpoint.on_validation_epoch_start(trainer, module)
+    scores = torch.arange(1, len(labels) + 1, dtype=torch.float32) / 10
+    batch = SimpleNamespace(pred_score=scores, gt_label=torch.tensor(labels))
+    checkpoint.on_validation_batch_end(trainer, module, batch, batch, 0)
+    checkpoint.on_validation_epoch_end(trainer, module)
+    return logged
+
+
+def test_held_out_checkpoint_selects_on_the_normals_of_a_synthetic_split() -> None:
+    logged = _validate_one_batch(HeldOutNormalCheckpoint(), "synthetic", [0, 1, 0, 1])
+    assert logged[MONITORED_METRIC] == pytest.approx((0.1 + 0.3) / 2)
+    # Held-out normals only: the mean of every image.
+    assert _validate_one_batch(HeldOutNormalCheckpoint(), "from_train", [0, 0])[MONITORED_METRIC] == pytest.approx(0.15)
+    # Anomalies that are not synthetic are refused: they could only come from the test set.
+    with pytest.raises(ValueError, match="not synthetic"):
+        _validate_one_batch(HeldOutNormalCheckpoint(), "from_train", [0, 1])
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -373,7 +403,7 @@ def test_shipped_configs_parse(config: str, capsys: pytest.CaptureFixture[str]) 
     assert "class_path: anomalib_dcam.data.MultiClassMVTec" in printed
     assert "class_path: anomalib_dcam.callbacks.HeldOutNormalCheckpoint" in printed
     assert "class_path: anomalib_dcam.callbacks.PerCategoryMetrics" in printed
-    assert "val_split_mode: from_train" in printed
+    assert "val_split_mode: synthetic" in printed
     if config == "dcam_mvtec_unified.yaml":
         assert all(f"- {category}\n" in printed for category in MVTEC_AD_CATEGORIES)
 

@@ -3,10 +3,15 @@
 
 """Model selection on held-out normal images (the DCAM paper's protocol).
 
-A seeded 20 % of the training images (all normal) is held out as the validation set
-(``MultiClassMVTec(val_split_mode="from_train", val_split_ratio=0.2, seed=0)``, the datamodule's default). After
-every epoch :class:`HeldOutNormalCheckpoint` computes the mean ``pred_score`` over those images, logs it as
-``val_mean_normal_score`` and keeps the checkpoint where it is lowest. No anomalous image and no test label is used.
+A seeded 20 % of the training images (all normal) is held out as the validation set. After every epoch
+:class:`HeldOutNormalCheckpoint` computes the mean ``pred_score`` over the held-out normal images, logs it as
+``val_mean_normal_score`` and keeps the checkpoint where it is lowest. No test image and no test label is used.
+
+With ``MultiClassMVTec(val_split_mode="synthetic")`` (the datamodule's default) half of the held-out images carry
+anomalib's synthetic Perlin anomalies. The selection ignores them; they give the post-processor anomalous scores to
+set its thresholds and normalisation range from, which a validation set of normals alone cannot (its threshold
+falls on the largest normal score and the normalisation clips most of the anomaly map to 0, which the exported
+model keeps).
 """
 
 import logging
@@ -15,6 +20,7 @@ from typing import Any, Literal
 
 import torch
 from anomalib.callbacks.checkpoint import ModelCheckpoint
+from anomalib.data.utils import ValSplitMode
 from lightning.pytorch import LightningModule, Trainer
 
 __all__ = ["MONITORED_METRIC", "HeldOutNormalCheckpoint"]
@@ -24,15 +30,20 @@ logger = logging.getLogger(__name__)
 MONITORED_METRIC = "val_mean_normal_score"
 """Name under which the mean anomaly score of the validation normals is logged."""
 
+TRAINING_SPLIT_MODES = (ValSplitMode.SYNTHETIC, ValSplitMode.FROM_TRAIN)
+"""Validation splits drawn from the training images only."""
+
 
 class HeldOutNormalCheckpoint(ModelCheckpoint):
     """Keep the checkpoint with the lowest mean anomaly score on held-out normal images.
 
     anomalib's :class:`~anomalib.callbacks.ModelCheckpoint` (a Lightning ``ModelCheckpoint``) that monitors
-    ``val_mean_normal_score`` (the mean raw ``pred_score`` over the validation set, logged by this callback) with
-    ``mode="min"`` and ``save_top_k=1``. The validation set must consist of normal images only, e.g. the held-out
-    training images of :class:`anomalib_dcam.data.MultiClassMVTec` (its default ``val_split_mode="from_train"``);
-    the callback raises if it sees an anomalous label, because selecting on those would look at test labels.
+    ``val_mean_normal_score`` (the mean raw ``pred_score`` over the normal validation images, logged by this
+    callback) with ``mode="min"`` and ``save_top_k=1``. The validation set must come from the training images:
+    ``val_split_mode="synthetic"`` (held-out normals, half of them with synthetic anomalies that the selection
+    ignores; the default of :class:`anomalib_dcam.data.MultiClassMVTec`) or ``"from_train"`` (held-out normals only).
+    The callback raises for a validation set drawn from the test set (``"from_test"``, ``"same_as_test"``), and,
+    with plain dataloaders, for any anomalous label, because selecting on those would look at test labels.
 
     anomalib's ``Engine.train`` (and ``anomalib train``) tests the model that is in memory when fit ends, not the
     best checkpoint. With ``restore_best=True`` the callback loads the selected weights back at the end of fit, so
@@ -47,8 +58,8 @@ class HeldOutNormalCheckpoint(ModelCheckpoint):
         verbose: Log every checkpoint decision. Defaults to ``False``.
 
     Raises:
-        ValueError: At the start of fit, if the datamodule has no validation set or its validation set holds
-            anomalous images; the message names the datamodule option ``val_split_mode``.
+        ValueError: At the start of fit, if the datamodule has no validation set or draws it from the test set; the
+            message names the datamodule option ``val_split_mode``.
 
     Example:
         >>> from anomalib.engine import Engine
@@ -79,6 +90,8 @@ class HeldOutNormalCheckpoint(ModelCheckpoint):
         self.restore_best = restore_best
         self._score_sum = torch.zeros((), dtype=torch.float64)
         self._image_count = 0
+        # Anomalous validation labels are accepted only when they are synthetic anomalies of training images.
+        self._synthetic_anomalies = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Default the checkpoint folder to where anomalib's engine keeps its checkpoints."""
@@ -87,24 +100,28 @@ class HeldOutNormalCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Check that the datamodule validates on normal images only."""
+        """Check that the validation set comes from the training images, and whether its anomalies are synthetic."""
         del pl_module
+        self._synthetic_anomalies = False
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "val_split_mode"):
             return  # plain dataloaders: checked batch by batch instead
+        split_mode = ValSplitMode(datamodule.val_split_mode)
+        accepted = " or ".join(repr(mode.value) for mode in TRAINING_SPLIT_MODES)
         val_data = getattr(datamodule, "val_data", None)
         if val_data is None or len(val_data) == 0:
             msg = (
-                f"HeldOutNormalCheckpoint needs a validation set of held-out normal images, but the datamodule has "
-                f"none (val_split_mode={datamodule.val_split_mode.value!r}); set val_split_mode='from_train'."
+                f"HeldOutNormalCheckpoint needs a validation set of held-out training images, but the datamodule has "
+                f"none (val_split_mode={split_mode.value!r}); set val_split_mode={accepted}."
             )
             raise ValueError(msg)
-        if getattr(val_data, "has_anomalous", False):
+        if split_mode not in TRAINING_SPLIT_MODES:
             msg = (
-                f"HeldOutNormalCheckpoint selects on normal images only, but the validation set holds anomalous "
-                f"images (val_split_mode={datamodule.val_split_mode.value!r}); set val_split_mode='from_train'."
+                f"HeldOutNormalCheckpoint selects on held-out training images, but the validation set holds test "
+                f"images (val_split_mode={split_mode.value!r}); set val_split_mode={accepted}."
             )
             raise ValueError(msg)
+        self._synthetic_anomalies = split_mode == ValSplitMode.SYNTHETIC
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start a new mean."""
@@ -121,21 +138,24 @@ class HeldOutNormalCheckpoint(ModelCheckpoint):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Add the batch's raw anomaly scores to the running sum."""
+        """Add the raw anomaly scores of the batch's normal images to the running sum."""
         del trainer, pl_module, batch_idx, dataloader_idx
         source = outputs if getattr(outputs, "pred_score", None) is not None else batch
         scores = getattr(source, "pred_score", None)
         if scores is None:
             msg = "HeldOutNormalCheckpoint needs validation_step to return the batch with pred_score set."
             raise ValueError(msg)
+        scores = scores.detach().flatten().to(torch.float64)
         labels = getattr(source, "gt_label", None)
         if labels is not None and bool((labels > 0).any()):
-            msg = (
-                "HeldOutNormalCheckpoint selects on normal images only, but a validation batch holds anomalous "
-                "images; validate on held-out training images (val_split_mode='from_train')."
-            )
-            raise ValueError(msg)
-        scores = scores.detach().flatten().to(torch.float64)
+            if not self._synthetic_anomalies:
+                msg = (
+                    "HeldOutNormalCheckpoint selects on held-out training images, but a validation batch holds "
+                    "anomalous images that are not synthetic; validate on held-out training images "
+                    "(val_split_mode='synthetic' or 'from_train')."
+                )
+                raise ValueError(msg)
+            scores = scores[labels.detach().flatten().to(scores.device) == 0]
         self._score_sum = self._score_sum + scores.sum().cpu()
         self._image_count += scores.numel()
 

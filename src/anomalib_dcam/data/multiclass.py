@@ -261,10 +261,13 @@ class MultiClassMVTec(AnomalibDataModule):
 
     The options mirror anomalib's :class:`~anomalib.data.MVTecAD`, with ``categories`` in place of ``category``.
     The defaults follow the DCAM paper's model selection: a seeded 20 % of the pooled training images (all normal)
-    is held out as the validation set (``val_split_mode="from_train"``), disjoint from the training set and the same
-    for a given ``seed``. Pair it with :class:`anomalib_dcam.callbacks.HeldOutNormalCheckpoint` to keep the
-    checkpoint with the lowest mean anomaly score on those images; test labels are never looked at. Any other
-    anomalib ``ValSplitMode`` works as with ``MVTecAD`` (e.g. ``"same_as_test"``).
+    is held out as the validation set, disjoint from the training set and the same for a given ``seed``. Pair it
+    with :class:`anomalib_dcam.callbacks.HeldOutNormalCheckpoint` to keep the checkpoint with the lowest mean anomaly
+    score on the held-out normals; test labels are never looked at. By default (``val_split_mode="synthetic"``)
+    anomalib adds Perlin anomalies to half of the held-out images, so that the post-processor sets its thresholds
+    and normalisation range from anomalous scores as well: with normals alone (``"from_train"``) the threshold is
+    the largest normal score and the normalised anomaly maps, in the checkpoint and in every exported model, clip to
+    0 almost everywhere. Any other anomalib ``ValSplitMode`` works as with ``MVTecAD`` (e.g. ``"same_as_test"``).
 
     anomalib names the results folder ``<model>/<datamodule.name>/<datamodule.category>``: here ``name`` is the root
     folder's name (e.g. ``MVTecAD``) and ``category`` is ``"all"`` when every category under ``root`` is used, else
@@ -284,8 +287,8 @@ class MultiClassMVTec(AnomalibDataModule):
         test_split_mode: anomalib ``TestSplitMode``: ``"from_dir"`` (default), ``"synthetic"`` or ``"none"``.
         test_split_ratio: Fraction of training images moved to the test set when the test set has no normal image.
             Defaults to ``0.2``.
-        val_split_mode: anomalib ``ValSplitMode``: ``"from_train"`` (default, held-out normals), ``"same_as_test"``,
-            ``"from_test"``, ``"synthetic"`` or ``"none"``.
+        val_split_mode: anomalib ``ValSplitMode``: ``"synthetic"`` (default: held-out normals, half with synthetic
+            anomalies), ``"from_train"`` (held-out normals), ``"same_as_test"``, ``"from_test"`` or ``"none"``.
         val_split_ratio: Fraction of the pooled training (or test) images held out for validation.
             Defaults to ``0.2``.
         seed: Seed of the random splits; ``None`` gives a different split each run. Defaults to ``0``.
@@ -317,7 +320,7 @@ class MultiClassMVTec(AnomalibDataModule):
         augmentations: Transform | None = None,
         test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
         test_split_ratio: float = 0.2,
-        val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TRAIN,
+        val_split_mode: ValSplitMode | str = ValSplitMode.SYNTHETIC,
         val_split_ratio: float = 0.2,
         seed: int | None = 0,
     ) -> None:

@@ -30,6 +30,7 @@ _LAZY_ATTRIBUTES = {
     "compile_openvino": "inference",
     "openvino_config": "inference",
     "openvino_inferencer": "inference",
+    "static_input_size": "inference",
     "OpenVINOInferenceModel": "openvino_model",
     "OpenVINOModel": "openvino_model",
     "OpenVINOQuantizationMixin": "quantization",
@@ -66,6 +67,7 @@ __all__ = [
     "quantize_with_accuracy_control",
     "resolve_acq_metric",
     "save_openvino",
+    "static_input_size",
 ]
 
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import openvino as ov
     from anomalib.deploy import OpenVINOInferencer
 
-__all__ = ["PRECISION_HINTS", "compile_openvino", "openvino_config", "openvino_inferencer"]
+__all__ = ["PRECISION_HINTS", "compile_openvino", "openvino_config", "openvino_inferencer", "static_input_size"]
 
 PRECISION_HINTS = ("f32", "bf16", "f16", "default")
 """Accepted ``precision_hint`` values; ``"default"`` leaves the device's own choice (bf16 on bf16-capable CPUs)."""
@@ -126,3 +126,22 @@ def openvino_inferencer(
         msg = f"model path {str(path)!r} does not exist; pass the exported .xml file."
         raise FileNotFoundError(msg)
     return OpenVINOInferencer(path, device=device, config=openvino_config(precision_hint, num_threads=num_threads))
+
+
+def static_input_size(model: "str | Path | ov.Model") -> tuple[int, int] | None:
+    """``(height, width)`` of an IR's NCHW image input when both are static, else ``None``.
+
+    Args:
+        model: The exported ``.xml`` / ``.onnx`` file, or a model read from it.
+
+    Returns:
+        The static input size, or ``None`` when the model accepts any size (it then resizes inside the graph).
+    """
+    import openvino as ov
+
+    if not isinstance(model, ov.Model):
+        model = ov.Core().read_model(str(model))
+    shape = model.input(0).partial_shape
+    if shape.rank.is_static and shape.rank.get_length() == 4 and shape[2].is_static and shape[3].is_static:
+        return shape[2].get_length(), shape[3].get_length()
+    return None

@@ -37,7 +37,7 @@ from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Resize
 
-from anomalib_dcam.deploy.inference import compile_openvino
+from anomalib_dcam.deploy.inference import compile_openvino, static_input_size
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -52,14 +52,6 @@ OUTPUT_NAMES = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
 
 BOOLEAN_OUTPUTS = frozenset({"pred_label", "pred_mask"})
 """Outputs exported as ``int8`` that anomalib's batches hold as booleans."""
-
-
-def static_input_size(model: "ov.Model") -> tuple[int, int] | None:
-    """``(height, width)`` of a model's NCHW image input when both are static, else ``None``."""
-    shape = model.input(0).partial_shape
-    if shape.rank.is_static and shape.rank.get_length() == 4 and shape[2].is_static and shape[3].is_static:
-        return shape[2].get_length(), shape[3].get_length()
-    return None
 
 
 class OpenVINOInferenceModel(nn.Module):
@@ -150,8 +142,6 @@ class OpenVINOModel(AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        import openvino as ov
-
         path = Path(path)
         if path.suffix.lower() not in {".xml", ".onnx"}:
             msg = f"path={str(path)!r} is not an OpenVINO IR (.xml) or ONNX (.onnx) file."
@@ -163,7 +153,7 @@ class OpenVINOModel(AnomalibModule):
             msg = f"path={str(path)!r} has no weights file {str(path.with_suffix('.bin'))!r} beside it."
             raise FileNotFoundError(msg)
 
-        self.ir_input_size = static_input_size(ov.Core().read_model(str(path)))
+        self.ir_input_size = static_input_size(path)
         if pre_processor is True:
             pre_processor = self.configure_ir_pre_processor(self.ir_input_size)
         super().__init__(pre_processor=pre_processor, post_processor=False, evaluator=evaluator, visualizer=visualizer)
