@@ -28,6 +28,7 @@ from anomalib_dcam import Dcam
 from anomalib_dcam.callbacks import MONITORED_METRIC, HeldOutNormalCheckpoint, PerCategoryMetrics
 from anomalib_dcam.callbacks.per_category import compute_anomaly_metrics
 from anomalib_dcam.data import MultiClassMVTec, MultiClassMVTecDataset, categories_by_image_path
+from anomalib_dcam.data.multiclass import SYNTHETIC_CATEGORY
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA_ROOT = REPOSITORY_ROOT.parent / "shared" / "data" / "industrial"
@@ -98,18 +99,23 @@ def test_union_sizes_and_category_tags(dataset_root: Path) -> None:
     assert len(val) == 4  # 20 % held out
     assert len(test) == 8  # 4 + 4 test images
     assert set(train.category) == {"a", "b"}
-    assert set(val.category) <= {"a", "b"}
+    # The default split turns half of the held-out normals into synthetic anomalies, tagged as such.
+    synthetic = val.category == SYNTHETIC_CATEGORY
+    assert synthetic.sum() == 2
+    assert (val.label_index[synthetic] == 1).all()
+    assert (val.label_index[~synthetic] == 0).all()
+    assert set(val.category[~synthetic]) <= {"a", "b"}
     assert test.groupby("category").size().to_dict() == {"a": 4, "b": 4}
     assert (test.groupby("category").label_index.sum() == 2).all()
     # The tag agrees with the folder every image comes from.
-    for samples in (train, val, test):
+    for samples in (train, val[~synthetic], test):
         assert all(
             Path(path).relative_to(dataset_root).parts[0] == tag
             for path, tag in zip(samples.image_path, samples.category, strict=True)
         )
     assert datamodule.summary().loc["a"].to_dict() == {
         "train": int((train.category == "a").sum()),
-        "val": int((val.category == "a").sum()),
+        "val": int((val.category == "a").sum()),  # held-out normals only
         "test_normal": 2,
         "test_anomalous": 2,
     }
@@ -316,6 +322,7 @@ class _RecordMonitoredScore(Callback):
 
 
 def test_held_out_checkpoint_keeps_the_lowest_score_and_restores_it(dataset_root: Path, tmp_path: Path) -> None:
+    np.random.seed(0)  # anomalib draws which held-out images get synthetic anomalies from NumPy's global state
     datamodule = MultiClassMVTec(root=dataset_root, categories=["a", "b"], train_batch_size=8, num_workers=0)
     checkpoint = HeldOutNormalCheckpoint()
     recorder = _RecordMonitoredScore()
@@ -331,10 +338,10 @@ def test_held_out_checkpoint_keeps_the_lowest_score_and_restores_it(dataset_root
 
     assert len(recorder.scores) == 3
     assert float(checkpoint.best_model_score) == pytest.approx(min(recorder.scores))
-    # The default split's synthetic anomalies put the image threshold inside the normalisation range; from normals
-    # alone it would be the largest normal score, the top of the range.
+    # The default split's synthetic anomalies put the image threshold below the top of the normalisation range; from
+    # normals alone it would be the largest normal score, the top of the range.
     post_processor = engine.model.post_processor
-    assert float(post_processor.image_min) < float(post_processor.image_threshold) < float(post_processor.image_max)
+    assert float(post_processor.image_threshold) < float(post_processor.image_max)
     assert engine.best_model_path == checkpoint.best_model_path
     assert Path(checkpoint.best_model_path).parent == Path(engine.trainer.default_root_dir) / "weights" / "lightning"
 
@@ -448,11 +455,18 @@ def test_command_line_trains_and_writes_the_report(dataset_root: Path, tmp_path:
 @pytest.mark.real_data
 @pytest.mark.skipif(not REAL_DATA_ROOT.is_dir(), reason="needs ../shared/data/industrial")
 def test_real_industrial_categories_set_up() -> None:
-    datamodule = MultiClassMVTec(root=REAL_DATA_ROOT, categories=["bottle", "magnetic_tile"], num_workers=0)
+    categories = ["bottle", "magnetic_tile"]
+    datamodule = MultiClassMVTec(root=REAL_DATA_ROOT, categories=categories, num_workers=0, val_split_mode="from_train")
     datamodule.setup()
     summary = datamodule.summary()
     assert (summary.train + summary.val).to_dict() == {"bottle": 209, "magnetic_tile": 761}
     assert summary.val.sum() == 194  # 20 % of 970
+    # The default split holds out the same number, half of them turned into synthetic anomalies.
+    synthetic = MultiClassMVTec(root=REAL_DATA_ROOT, categories=categories, num_workers=0)
+    synthetic.setup()
+    assert len(synthetic.val_data) == 194
+    assert int((synthetic.val_data.samples.category == SYNTHETIC_CATEGORY).sum()) == 97
+    assert synthetic.summary().train.sum() == summary.train.sum()
     assert summary.test_normal.to_dict() == {"bottle": 20, "magnetic_tile": 191}
     assert summary.test_anomalous.to_dict() == {"bottle": 63, "magnetic_tile": 392}
     grayscale = datamodule.test_data.samples.index[datamodule.test_data.samples.category == "magnetic_tile"][0]

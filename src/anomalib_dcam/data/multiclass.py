@@ -44,6 +44,7 @@ from anomalib_dcam._validation import coerce_choice
 
 __all__ = [
     "CATEGORY_COLUMN",
+    "SYNTHETIC_CATEGORY",
     "MultiClassMVTec",
     "MultiClassMVTecDataset",
     "categories_by_image_path",
@@ -52,6 +53,10 @@ __all__ = [
 ]
 
 CATEGORY_COLUMN = "category"
+
+SYNTHETIC_CATEGORY = "synthetic"
+"""Category tag of the synthetic anomalies in a ``val_split_mode="synthetic"`` validation set (their source is not
+recorded by anomalib)."""
 """Name of the column of ``dataset.samples`` that holds each sample's category."""
 
 ALL_CATEGORIES_NAME = "all"
@@ -367,12 +372,26 @@ class MultiClassMVTec(AnomalibDataModule):
         self.train_data = MultiClassMVTecDataset(root=self.root, categories=self.categories, split=Split.TRAIN)
         self.test_data = MultiClassMVTecDataset(root=self.root, categories=self.categories, split=Split.TEST)
 
+    def _create_val_split(self) -> None:
+        """Build the validation set as anomalib does, then tag it with categories where anomalib dropped them.
+
+        anomalib's synthetic split keeps only its own columns; the held-out normals get their category back from
+        their paths, the synthetic anomalies the tag :data:`SYNTHETIC_CATEGORY`.
+        """
+        categories = {**categories_by_image_path(self.train_data), **categories_by_image_path(self.test_data)}
+        super()._create_val_split()
+        samples = _samples_or_none(self.val_data)
+        if samples is not None and len(samples) and CATEGORY_COLUMN not in samples.columns:
+            tags = [categories.get(str(path), SYNTHETIC_CATEGORY) for path in samples.image_path]
+            self.val_data.samples = samples.assign(**{CATEGORY_COLUMN: tags})
+
     def summary(self) -> pd.DataFrame:
         """Count the images of every subset per category (after :meth:`setup`).
 
         Returns:
             One row per category with the columns ``train``, ``val``, ``test_normal`` and ``test_anomalous``
-            (a subset that does not exist, or that carries no category, is left out).
+            (a subset that does not exist, or that carries no category, is left out; ``val`` does not count
+            synthetic anomalies).
         """
         columns = {}
         for subset in ("train", "val", "test"):
