@@ -188,7 +188,8 @@ def prepare_test_data(args: argparse.Namespace) -> None:
     images_path, truth_path = args.output / "test_images.npy", args.output / "ground_truth.npz"
     if images_path.is_file() and truth_path.is_file():
         return
-    datamodule = MultiClassMVTec(root=args.root, categories=args.categories, num_workers=0)
+    # Only the test set is read: no validation split, so no synthetic validation images are generated.
+    datamodule = MultiClassMVTec(root=args.root, categories=args.categories, num_workers=0, val_split_mode="none")
     datamodule.setup()
     dataset = datamodule.test_data
     # The resize anomalib's data pipeline applies for the model (antialiased bilinear); masks use nearest.
@@ -237,8 +238,9 @@ def stage_export(args: argparse.Namespace) -> None:
         compression, source = EXPORTS[name]
         datamodule = None
         if source is not None:
-            # INT8_ACQ validates on synthetic anomalies of held-out training normals: the test set stays unseen.
-            split = {"val_split_mode": "synthetic"} if compression == "INT8_ACQ" else {}
+            # INT8_ACQ validates on synthetic anomalies of held-out training normals: the test set stays unseen. The
+            # other sources calibrate on the same training images without generating a validation set they never use.
+            split = {"val_split_mode": "synthetic" if compression == "INT8_ACQ" else "from_train"}
             data = MultiClassMVTec(
                 root=args.root, categories=args.categories, num_workers=0, eval_batch_size=8, **split
             )

@@ -123,6 +123,15 @@ def test_union_sizes_and_category_tags(dataset_root: Path) -> None:
     assert datamodule.name == "tiny_mvtec"
 
 
+def test_no_validation_split_sets_up(dataset_root: Path) -> None:
+    datamodule = MultiClassMVTec(root=dataset_root, categories=["a", "b"], val_split_mode="none", num_workers=0)
+    datamodule.setup()
+    assert len(datamodule.train_data) == 20
+    assert len(datamodule.test_data) == 8
+    assert getattr(datamodule, "val_data", None) is None
+    assert "val" not in datamodule.summary().columns
+
+
 def test_every_category_by_default_and_grayscale_read_as_rgb(dataset_root: Path) -> None:
     datamodule = MultiClassMVTec(root=dataset_root, num_workers=0, eval_batch_size=16)
     assert datamodule.categories == ["a", "b", "c"]

@@ -378,9 +378,9 @@ class MultiClassMVTec(AnomalibDataModule):
         anomalib's synthetic split keeps only its own columns; the held-out normals get their category back from
         their paths, the synthetic anomalies the tag :data:`SYNTHETIC_CATEGORY`.
         """
-        categories = {**categories_by_image_path(self.train_data), **categories_by_image_path(self.test_data)}
+        categories = categories_by_image_path(self.train_data)  # a synthetic split draws from the training images
         super()._create_val_split()
-        samples = _samples_or_none(self.val_data)
+        samples = _samples_or_none(getattr(self, "val_data", None))  # val_split_mode="none" sets no val_data
         if samples is not None and len(samples) and CATEGORY_COLUMN not in samples.columns:
             tags = [categories.get(str(path), SYNTHETIC_CATEGORY) for path in samples.image_path]
             self.val_data.samples = samples.assign(**{CATEGORY_COLUMN: tags})

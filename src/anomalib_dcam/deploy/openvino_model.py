@@ -176,12 +176,6 @@ class OpenVINOModel(AnomalibModule):
             return False
         return PreProcessor(transform=Resize(input_size, antialias=True))
 
-    def forward(self, batch: torch.Tensor, *args, **kwargs) -> InferenceBatch:
-        """Score a batch of images (resized to the IR's input size by the pre-processor)."""
-        del args, kwargs  # Unused.
-        batch = self.pre_processor(batch) if self.pre_processor else batch
-        return self.model(batch)
-
     def training_step(self, *args, **kwargs) -> "STEP_OUTPUT":
         """Refuse to train: an exported IR has no trainable weights."""
         del args, kwargs  # Unused.
@@ -193,8 +187,7 @@ class OpenVINOModel(AnomalibModule):
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> "STEP_OUTPUT":
         """Score a validation batch with the IR, as ``test_step`` does."""
-        del args, kwargs  # Unused.
-        return batch.update(**self.model(batch.image)._asdict())
+        return self.test_step(batch, *args, **kwargs)
 
     def configure_optimizers(self) -> None:
         """No optimiser: there is nothing to train."""
