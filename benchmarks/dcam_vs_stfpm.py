@@ -23,6 +23,9 @@ from pathlib import Path
 PYRAMID = ["blocks.1", "blocks.2", "blocks.4"]  # strides 4, 8, 16 of tf_efficientnet_lite0 (ResNet layer1..3)
 BACKBONE = "tf_efficientnet_lite0"
 
+# Folder of scikit-image photos pasted into synthetic defects (written on first use, see build_model).
+PHOTO_SOURCE = Path("results/anomaly_sources")
+
 # name -> (model, constructor arguments, learning rate); Dcam's lr is a constructor argument.
 RUNS: dict[str, tuple[str, dict, float]] = {
     "dcam": ("Dcam", {}, 0.1),
@@ -37,19 +40,39 @@ RUNS: dict[str, tuple[str, dict, float]] = {
     "dcam_cbam": ("Dcam", {"attention": "cbam"}, 0.1),
     "dcam_no_attention": ("Dcam", {"attention": "none"}, 0.1),
     "stfpm_loss_sum_map": ("Dcam", {"attention": "none", "channel_weight": 0.0, "kd_weight": 0.0}, 0.1),
+    # Training-signal ablation (docs/method.md): denoising distillation, its blend range and source, push-away, HKD.
+    "dcam_denoise_p1": ("Dcam", {"synthetic_anomaly_probability": 1.0}, 0.1),
+    "dcam_denoise_p0.5": ("Dcam", {"synthetic_anomaly_probability": 0.5}, 0.1),
+    "dcam_denoise_p0.25": ("Dcam", {"synthetic_anomaly_probability": 0.25}, 0.1),
+    "dcam_denoise_p0.5_blend0.2": (
+        "Dcam",
+        {"synthetic_anomaly_probability": 0.5, "synthetic_anomaly_blend": (0.2, 1.0)},
+        0.1,
+    ),
+    "dcam_denoise_p0.5_photos": (
+        "Dcam",
+        {"synthetic_anomaly_probability": 0.5, "synthetic_anomaly_source": PHOTO_SOURCE},
+        0.1,
+    ),
+    "dcam_denoise_p0.5_push": ("Dcam", {"synthetic_anomaly_probability": 0.5, "push_weight": 1.0}, 0.1),
+    "dcam_hkd0.1": ("Dcam", {"hard_fraction": 0.1, "global_weight": 1.0}, 0.1),
     "stfpm_lr0.1": ("Stfpm", {}, 0.1),
     "stfpm_lr0.4": ("Stfpm", {}, 0.4),
 }
 
 
-def build_model(name: str):
-    """Build the model of a run, with the shared backbone and pyramid."""
+def build_model(name: str, dcam_options: dict | None = None):
+    """Build the model of a run, with the shared backbone and pyramid (``dcam_options`` go to Dcam runs only)."""
     from anomalib_dcam import Dcam
     from anomalib_dcam.benchmark.models import TunedStfpm
 
     model_name, arguments, lr = RUNS[name]
+    if arguments.get("synthetic_anomaly_source") == PHOTO_SOURCE:
+        from anomalib_dcam.demo import write_anomaly_sources
+
+        write_anomaly_sources(PHOTO_SOURCE)
     if model_name == "Dcam":
-        return Dcam(backbone=BACKBONE, layers=PYRAMID, lr=lr, **arguments)
+        return Dcam(backbone=BACKBONE, layers=PYRAMID, lr=lr, **{**(dcam_options or {}), **arguments})
     return TunedStfpm(backbone=BACKBONE, layers=PYRAMID, lr=lr, **arguments)
 
 

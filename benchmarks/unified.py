@@ -10,9 +10,16 @@ with the lowest mean anomaly score on them is kept) and :class:`anomalib_dcam.ca
 - ``unified`` runs train one model on all ``--categories`` together;
 - ``one_class`` runs train one model per category (the classic anomalib setting) and pool the rows.
 
-Each run writes ``per_category_metrics.{csv,json}`` into ``<output>/<run>/``; finished runs are skipped on a rerun.
-``--runs`` takes the names of ``RUNS`` in ``dcam_vs_stfpm.py`` (the ablation variants of Dcam included), each with
-the suffix ``:unified`` or ``:one_class``.
+``--speed fast`` (the default) trains every run with the shipped training-speed settings (docs/training_speed.md):
+Dcam with its teacher-feature cache and layout, every model at the fast precision with no data-loader workers.
+``--speed reference`` trains in float32, recomputing the teacher, with 2 loader workers (the accuracy reference of
+those settings).
+
+Each run writes ``per_category_metrics.{csv,json}`` into ``<output>/<data>_e<epochs>_s<seed>[_reference]/<run>/``
+and its rows into ``<records>/`` with the same layout (small JSON files meant to be kept with the code, so that a
+multi-seed comparison can span several working sessions; ``benchmarks/seeds.py`` summarises them). Finished runs,
+found in either place, are skipped on a rerun. ``--runs`` takes the names of ``RUNS`` in ``dcam_vs_stfpm.py`` (the
+ablation variants of Dcam included), each with the suffix ``:unified`` or ``:one_class``.
 
 Example:
     python benchmarks/unified.py --categories bottle magnetic_tile --epochs 5 \
@@ -23,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,9 +39,30 @@ from dcam_vs_stfpm import BACKBONE, RUNS, build_model
 
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Max")
 
+# Trainer, data-loader and Dcam settings of each --speed profile. "fast" matches the configs' defaults for
+# tf_efficientnet_lite0 (docs/training_speed.md); "reference" is float32, teacher recomputed, 2 loader workers.
+SPEED_PROFILES: dict[str, dict] = {
+    "fast": {"precision": "bf16-mixed", "num_workers": 0, "dcam": {"teacher_cache": "memory", "channels_last": True}},
+    "reference": {"precision": "32-true", "num_workers": 2, "dcam": {}},
+}
 
-def train_and_test(run: str, categories: list[str], root: Path, epochs: int, seed: int, run_dir: Path) -> list[dict]:
-    """Train one model on ``categories`` and return its per-category rows."""
+
+def run_folder(categories: list[str], epochs: int, seed: int, speed: str) -> str:
+    """Name of the folder of one (data, epochs, seed, speed profile) combination."""
+    suffix = "" if speed == "fast" else f"_{speed}"
+    return f"{'+'.join(categories)}_e{epochs}_s{seed}{suffix}"
+
+
+def train_and_test(
+    run: str,
+    categories: list[str],
+    root: Path,
+    epochs: int,
+    seed: int,
+    run_dir: Path,
+    speed: str,
+) -> list[dict]:
+    """Train one model on ``categories`` with the ``speed`` profile and return its per-category rows."""
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
@@ -41,12 +70,13 @@ def train_and_test(run: str, categories: list[str], root: Path, epochs: int, see
     from anomalib_dcam.data import MultiClassMVTec
 
     seed_everything(seed, workers=True)
+    profile = SPEED_PROFILES[speed]
     datamodule = MultiClassMVTec(
         root=root,
         categories=categories,
         train_batch_size=32,
         eval_batch_size=32,
-        num_workers=2,
+        num_workers=profile["num_workers"],
         val_split_mode="from_train",
         val_split_ratio=0.2,
         seed=seed,
@@ -58,9 +88,10 @@ def train_and_test(run: str, categories: list[str], root: Path, epochs: int, see
         logger=False,
         accelerator="cpu",
         devices=1,
+        precision=profile["precision"],
         callbacks=[HeldOutNormalCheckpoint(), report],
     )
-    model = build_model(run)
+    model = build_model(run, dcam_options=profile["dcam"])
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     fit_seconds = time.perf_counter() - start
@@ -76,14 +107,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", nargs="+", default=["dcam:unified", "stfpm_lr0.1:unified", "stfpm_lr0.1:one_class"])
+    parser.add_argument("--speed", choices=sorted(SPEED_PROFILES), default="fast")
     parser.add_argument("--output", type=Path, default=Path("results/unified"))
+    parser.add_argument("--records", type=Path, default=Path(__file__).parent / "records" / "unified")
     args = parser.parse_args()
     for spec in args.runs:
         name, _, setting = spec.partition(":")
         if name not in RUNS or setting not in {"unified", "one_class"}:
             parser.error(f"--runs {spec!r}: expected <run>:unified or <run>:one_class with <run> in {sorted(RUNS)}")
 
-    output = args.output / f"{'+'.join(args.categories)}_e{args.epochs}_s{args.seed}"
+    folder = run_folder(args.categories, args.epochs, args.seed, args.speed)
+    output, records = args.output / folder, args.records / folder
     cache = args.output / "hf-cache"
     os.environ["HF_HUB_CACHE"] = str(cache.resolve())  # before huggingface_hub is imported
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -95,27 +129,35 @@ def main() -> None:
     for spec in args.runs:
         name, _, setting = spec.partition(":")
         run_dir = output / f"{name}_{setting}"
-        done = run_dir / "rows.json"
-        if done.is_file():
-            print(f"[skip] {spec}: already in {done}", flush=True)
-            table[spec] = json.loads(done.read_text())
+        done, record = run_dir / "rows.json", records / f"{name}_{setting}.json"
+        finished = next((path for path in (record, done) if path.is_file()), None)
+        if finished is not None:
+            print(f"[skip] {spec}: already in {finished}", flush=True)
+            table[spec] = json.loads(finished.read_text())
+            if not record.is_file():
+                record.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(finished, record)
             continue
         print(f"[run] {spec}: {args.epochs} epochs on {', '.join(args.categories)}", flush=True)
         if setting == "unified":
-            rows = train_and_test(name, args.categories, args.root, args.epochs, args.seed, run_dir)
+            rows = train_and_test(name, args.categories, args.root, args.epochs, args.seed, run_dir, args.speed)
         else:
             rows = []
             for category in args.categories:
-                category_rows = train_and_test(name, [category], args.root, args.epochs, args.seed, run_dir / category)
+                category_rows = train_and_test(
+                    name, [category], args.root, args.epochs, args.seed, run_dir / category, args.speed
+                )
                 rows += [row for row in category_rows if row["category"] == category]
             means = {metric: sum(row[metric] for row in rows) / len(rows) for metric in METRICS}
             rows.append({"category": "mean", **means, "fit_seconds": sum(row["fit_seconds"] for row in rows)})
         run_dir.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(rows, indent=2))
+        record.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(done, record)
         table[spec] = rows
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    print(f"\n{BACKBONE}, 256 px, {args.epochs} epochs, seed {args.seed}, {platform.node()}, {stamp}")
+    print(f"\n{BACKBONE}, 256 px, {args.epochs} epochs, seed {args.seed}, {args.speed}, {platform.node()}, {stamp}")
     for metric in METRICS:
         print(f"\n{metric}\n\n| run | " + " | ".join([*args.categories, "mean"]) + " |")
         print("|---" * (len(args.categories) + 2) + "|")

@@ -18,15 +18,27 @@ from anomalib_dcam import Dcam
 IMAGE_SIZE = 64
 
 
-def _dcam(attention: str) -> Dcam:
+def _dcam(attention: str, **kwargs: object) -> Dcam:
     pre_processor = Dcam.configure_pre_processor(image_size=(IMAGE_SIZE, IMAGE_SIZE))
-    return Dcam(pre_trained=False, attention=attention, pre_processor=pre_processor)
+    return Dcam(pre_trained=False, attention=attention, pre_processor=pre_processor, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def trained_dcam(texture_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Dcam:
-    """A Dcam with CBAM attention, trained for one epoch so that its post-processor has real statistics."""
-    model = _dcam("cbam")
+    """A Dcam with CBAM attention, trained for one epoch so that its post-processor has real statistics.
+
+    Every training-only option is on (denoising distillation with the push-away term, hard-position distillation,
+    teacher-feature cache, channels-last, bf16 mixed precision): none of them may change what is exported.
+    """
+    model = _dcam(
+        "cbam",
+        synthetic_anomaly_probability=0.5,
+        push_weight=1.0,
+        hard_fraction=0.25,
+        global_weight=1.0,
+        teacher_cache="memory",
+        channels_last=True,
+    )
     datamodule = MVTecAD(root=texture_root, category="brick", train_batch_size=4, eval_batch_size=4, num_workers=0)
     engine = Engine(
         max_epochs=1,
@@ -34,6 +46,7 @@ def trained_dcam(texture_root: Path, tmp_path_factory: pytest.TempPathFactory) -
         logger=False,
         accelerator="cpu",
         enable_progress_bar=False,
+        precision="bf16-mixed",
     )
     engine.fit(model=model, datamodule=datamodule)
     return model.eval()

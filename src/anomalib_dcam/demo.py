@@ -45,6 +45,24 @@ def _load_texture(name: str) -> np.ndarray:
     return image / 255.0 if image.max() > 1.0 else image
 
 
+def write_anomaly_sources(folder: str | Path) -> Path:
+    """Write the scikit-image photos of ``ANOMALY_SOURCES`` as RGB PNGs: a texture folder for synthetic defects.
+
+    Args:
+        folder: Output folder (created); existing files are overwritten.
+
+    Returns:
+        The folder.
+    """
+    from skimage import data
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ANOMALY_SOURCES:
+        Image.fromarray(getattr(data, name)()).convert("RGB").save(folder / f"{name}.png")
+    return folder
+
+
 def _random_crops(texture: np.ndarray, count: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Random crops with random flips and 90-degree rotations, so no two normal images are identical."""
     height, width = texture.shape[:2]
@@ -90,14 +108,12 @@ def make_texture_dataset(
     """
     import torch
     from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
-    from skimage import data
 
     root = Path(root)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as source_dir:
-        for name in ANOMALY_SOURCES:
-            Image.fromarray(getattr(data, name)()).convert("RGB").save(Path(source_dir) / f"{name}.png")
+        write_anomaly_sources(source_dir)
         generator = PerlinAnomalyGenerator(anomaly_source_path=source_dir, probability=1.0, blend_factor=(0.5, 1.0))
         for category in categories:
             _write_category(root, category, generator, rng, image_size, num_train, num_test_good, num_test_defect)
@@ -138,6 +154,9 @@ def run_demo(
     backbone: str = "tf_efficientnet_lite0",
     num_train: int = 120,
     seed: int = 0,
+    precision: str = "auto",
+    teacher_cache: str = "memory",
+    channels_last: bool = True,
 ) -> dict[str, float]:
     """Build the texture dataset, train and test Dcam, and return the test metrics.
 
@@ -149,6 +168,10 @@ def run_demo(
         backbone: Teacher/student backbone.
         num_train: Normal training images.
         seed: Seed of data and training.
+        precision: Lightning precision; ``"auto"`` is ``"bf16-mixed"`` on a CPU with native bfloat16, else
+            ``"32-true"`` (docs/training_speed.md).
+        teacher_cache: Dcam's ``teacher_cache`` (``"memory"``, ``"disk"`` or ``"off"``).
+        channels_last: Dcam's ``channels_last`` (train in the channels-last memory layout).
 
     Returns:
         Test metrics by name (image and pixel AUROC and F1).
@@ -158,12 +181,24 @@ def run_demo(
     from lightning.pytorch import seed_everything
 
     from anomalib_dcam import Dcam
+    from anomalib_dcam.precision import fastest_cpu_precision
 
     dataset_root = make_texture_dataset(output / "data", [category], image_size, num_train=num_train, seed=seed)
     seed_everything(seed, workers=True)
     datamodule = MVTecAD(root=dataset_root, category=category, train_batch_size=8, eval_batch_size=16, num_workers=0)
-    model = Dcam(backbone=backbone, pre_processor=Dcam.configure_pre_processor(image_size=(image_size, image_size)))
-    engine = Engine(max_epochs=epochs, default_root_dir=output / "results", logger=False, accelerator="cpu")
+    model = Dcam(
+        backbone=backbone,
+        teacher_cache=teacher_cache,
+        channels_last=channels_last,
+        pre_processor=Dcam.configure_pre_processor(image_size=(image_size, image_size)),
+    )
+    engine = Engine(
+        max_epochs=epochs,
+        default_root_dir=output / "results",
+        logger=False,
+        accelerator="cpu",
+        precision=fastest_cpu_precision() if precision == "auto" else precision,
+    )
     engine.fit(model=model, datamodule=datamodule)
     (metrics,) = engine.test(model=model, datamodule=datamodule, verbose=False)
     return {name: float(value) for name, value in metrics.items()}
@@ -179,6 +214,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-train", type=int, default=100, help="normal training images (default: %(default)s)")
     parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm backbone (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "32-true", "bf16-mixed"],
+        default="auto",
+        help="training precision; auto: bf16-mixed where the CPU has native bfloat16 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--teacher-cache",
+        choices=["memory", "disk", "off"],
+        default="memory",
+        help="cache the frozen teacher's features between epochs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="train in the default memory layout instead of channels-last",
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.image_size < 32 or args.num_train < 2:
         parser.error("--epochs must be >= 1, --image-size >= 32 and --num-train >= 2")
@@ -193,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         backbone=args.backbone,
         num_train=args.num_train,
         seed=args.seed,
+        precision=args.precision,
+        teacher_cache=args.teacher_cache,
+        channels_last=args.channels_last,
     )
     elapsed = time.perf_counter() - start
     heatmaps = sorted((args.output / "results").rglob("images/**/*.png"))

@@ -62,6 +62,12 @@ class AnomalyMapGenerator(nn.Module):
         image_size: tuple[int, int] | torch.Size,
     ) -> torch.Tensor:
         """Cosine distance across channels at every position, upsampled to ``image_size``."""
+        # Mixed precision gives bfloat16/float16 features; the map is computed in float32. Exported (float32)
+        # graphs are unchanged: the dtype is known when tracing and no cast is recorded.
+        if teacher_features.dtype != torch.float32:
+            teacher_features = teacher_features.float()
+        if student_features.dtype != torch.float32:
+            student_features = student_features.float()
         distance = 0.5 * torch.sum(
             (F.normalize(teacher_features, dim=1) - F.normalize(student_features, dim=1)) ** 2,
             dim=1,

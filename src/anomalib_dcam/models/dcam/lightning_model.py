@@ -21,6 +21,7 @@ From the command line (the plugin registers the short name, see docs/plugin.md):
     anomalib train --model Dcam --model.backbone tf_efficientnet_lite0 --data MVTecAD --trainer.max_epochs 10
 """
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,26 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from anomalib_dcam._validation import check_non_negative, check_positive
+from anomalib_dcam._validation import check_non_negative, check_positive, coerce_choice
 from anomalib_dcam.deploy.quantization import OpenVINOQuantizationMixin
+from anomalib_dcam.precision import native_cpu_bf16
 
 from .anomaly_map import CombineMode
 from .attention import AttentionPlacement, AttentionType
 from .loss import DcamLoss, Reduction
+from .synthetic_anomaly import SyntheticAnomalyStep, find_normalize
+from .teacher_cache import (
+    CacheDtype,
+    CacheStorage,
+    TeacherFeatureCache,
+    image_keys,
+    non_deterministic_transforms,
+)
 from .torch_model import DcamModel
 
 __all__ = ["Dcam"]
+
+logger = logging.getLogger(__name__)
 
 
 class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
@@ -73,12 +85,33 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         kd_reduction: ``"mean"`` or ``"sum"`` of the KD term over channels. Defaults to ``"mean"``.
         batch_reduction: ``"sum"`` (STFPM's convention) or ``"mean"`` of every term over the batch.
             Defaults to ``"sum"``.
+        hard_fraction: Hard-position distillation (AAND's HKD): the pixel term averages the hardest
+            ``hard_fraction`` of each level's positions; ``1`` averages all of them (STFPM). Defaults to ``1.0``.
+        global_weight: Weight of HKD's global cosine term (whole flattened maps). Defaults to ``0.0``.
+        synthetic_anomaly_probability: Denoising distillation (DMDD, DeSTSeg): the chance that the student sees a
+            training image with a synthetic defect (anomalib's ``PerlinAnomalyGenerator``) while the loss targets
+            stay the teacher's features of the clean image; ``0`` switches it off. Defaults to ``0.0``.
+        synthetic_anomaly_blend: ``[low, high]`` range of the defects' opacity. Defaults to ``(0.5, 1.0)``.
+        synthetic_anomaly_source: Folder of texture images to fill the defects from (as DRAEM's
+            ``anomaly_source_path``); ``None`` fills them with Perlin noise. Defaults to ``None``.
+        push_weight: Weight of the push-away term (DMDD): inside the defects, a hinge pushes the student's features
+            away from the teacher's features of the corrupted image (one more teacher pass per step). Needs
+            ``synthetic_anomaly_probability > 0``. Defaults to ``0.0``.
+        push_margin: Margin of the push-away hinge on ``1 - cos``, in ``(0, 2]``. Defaults to ``0.5``.
         anomaly_map_combine: ``"product"`` or ``"sum"`` of the per-level distance maps. Defaults to
             ``"product"``.
         anomaly_map_sigma: Gaussian smoothing of the anomaly map in pixels; ``0`` disables it. Defaults to ``0.0``.
         lr: SGD learning rate. Defaults to ``0.1``.
         momentum: SGD momentum. Defaults to ``0.9``.
         weight_decay: SGD weight decay. Defaults to ``1e-4``.
+        teacher_cache: Compute the frozen teacher's features once per training image and reuse them in later
+            epochs: ``"off"``, ``"memory"`` (host RAM) or ``"disk"`` (memory-mapped files). Refused, with a logged
+            reason, when a training transform is random. Training-only. Defaults to ``"off"``.
+        teacher_cache_max_gb: Most gigabytes the cache may take; further images are recomputed. Defaults to ``4.0``.
+        teacher_cache_dtype: ``"float16"`` or ``"float32"`` storage of cached features. Defaults to ``"float16"``.
+        teacher_cache_dir: Folder of the ``"disk"`` cache; ``None`` for a temporary folder. Defaults to ``None``.
+        channels_last: Train in the channels-last memory layout (faster for some backbones and precisions on CPU,
+            see docs/training_speed.md). Training-only. Defaults to ``False``.
         pre_processor: Pre-processor, or ``True`` for anomalib's default (256 px, ImageNet normalisation).
         post_processor: Post-processor, or ``True`` for the default.
         evaluator: Evaluator, or ``True`` for the default.
@@ -104,11 +137,23 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         temperature: float = 1.0,
         kd_reduction: Reduction | str = Reduction.MEAN,
         batch_reduction: Reduction | str = Reduction.SUM,
+        hard_fraction: float = 1.0,
+        global_weight: float = 0.0,
+        synthetic_anomaly_probability: float = 0.0,
+        synthetic_anomaly_blend: Sequence[float] = (0.5, 1.0),
+        synthetic_anomaly_source: str | Path | None = None,
+        push_weight: float = 0.0,
+        push_margin: float = 0.5,
         anomaly_map_combine: CombineMode | str = CombineMode.PRODUCT,
         anomaly_map_sigma: float = 0.0,
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
+        teacher_cache: CacheStorage | str = CacheStorage.OFF,
+        teacher_cache_max_gb: float = 4.0,
+        teacher_cache_dtype: CacheDtype | str = CacheDtype.FLOAT16,
+        teacher_cache_dir: str | Path | None = None,
+        channels_last: bool = False,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -124,6 +169,22 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         self.lr = check_positive(lr, "lr")
         self.momentum = check_non_negative(momentum, "momentum")
         self.weight_decay = check_non_negative(weight_decay, "weight_decay")
+        self.teacher_cache: TeacherFeatureCache | None = None
+        if coerce_choice(teacher_cache, CacheStorage, "teacher_cache") != CacheStorage.OFF:
+            self.teacher_cache = TeacherFeatureCache(
+                storage=teacher_cache,
+                max_gb=teacher_cache_max_gb,
+                dtype=teacher_cache_dtype,
+                directory=teacher_cache_dir,
+            )
+        else:  # validated all the same, so that a typo fails now and not when the cache is switched on
+            check_positive(teacher_cache_max_gb, "teacher_cache_max_gb")
+            coerce_choice(teacher_cache_dtype, CacheDtype, "teacher_cache_dtype")
+        if not isinstance(channels_last, bool):
+            msg = f"channels_last={channels_last!r} is not accepted; it must be true or false."
+            raise ValueError(msg)
+        self.channels_last = channels_last
+        self._epoch_cache_counts = (0, 0)
         self.loss = DcamLoss(
             pixel_weight=pixel_weight,
             channel_weight=channel_weight,
@@ -131,7 +192,28 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
             temperature=temperature,
             kd_reduction=kd_reduction,
             batch_reduction=batch_reduction,
+            hard_fraction=hard_fraction,
+            global_weight=global_weight,
+            push_weight=push_weight,
+            push_margin=push_margin,
         )
+        probability = check_non_negative(synthetic_anomaly_probability, "synthetic_anomaly_probability")
+        if probability > 1:
+            msg = (
+                f"synthetic_anomaly_probability={synthetic_anomaly_probability!r} is not accepted; it must be in "
+                "[0, 1]."
+            )
+            raise ValueError(msg)
+        if self.loss.push_weight > 0 and probability == 0:
+            msg = (
+                f"push_weight={push_weight!r} needs synthetic defects to push away from; set "
+                "synthetic_anomaly_probability > 0 or push_weight=0."
+            )
+            raise ValueError(msg)
+        self.synthetic_anomalies: SyntheticAnomalyStep | None = None
+        step = SyntheticAnomalyStep(probability, blend=synthetic_anomaly_blend, source=synthetic_anomaly_source)
+        if probability > 0:  # built either way above, so that a bad blend or source fails now
+            self.synthetic_anomalies = step
         # The teacher's ImageNet weights are loaded when training starts (see ``setup``), never for a model that is
         # restored from a checkpoint: testing, exporting and predicting work on an air-gapped machine.
         self.pre_trained = pre_trained
@@ -164,6 +246,102 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         super().on_load_checkpoint(checkpoint)
         self._teacher_ready = True
 
+    def on_fit_start(self) -> None:
+        """Warn about emulated bfloat16, switch the memory layout and start the teacher-feature cache."""
+        precision = str(self.trainer.precision)
+        if precision.startswith("bf16") and self.device.type == "cpu" and not native_cpu_bf16():
+            logger.warning(
+                "precision=%r on a CPU without native bfloat16 (AVX512-BF16 or AMX) is emulated and usually slower "
+                "than float32; use --trainer.precision 32-true on this machine (docs/training_speed.md).",
+                precision,
+            )
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.teacher_cache is not None:
+            self._start_teacher_cache()
+
+    def _start_teacher_cache(self) -> None:
+        """Empty the cache for this fit, or disable it when the training images are not the same every epoch."""
+        cache = self.teacher_cache
+        train_data = getattr(getattr(self.trainer, "datamodule", None), "train_data", None)
+        augmentations = getattr(train_data, "augmentations", None)
+        transform = getattr(self.pre_processor, "transform", None)
+        cache.reset(fingerprint=f"{augmentations!r}|{transform!r}", expected_items=len(train_data or ()))
+        if train_data is None:
+            cache.disable(
+                "the training data does not come from an anomalib datamodule, so its transforms cannot be checked; "
+                "train with a datamodule or set teacher_cache='off'.",
+            )
+            return
+        random_parts = non_deterministic_transforms(augmentations) + non_deterministic_transforms(transform)
+        if random_parts:
+            cache.disable(
+                f"the training transforms include {', '.join(random_parts)}, which is random or not known to be "
+                "deterministic, so the teacher's features change between epochs; set teacher_cache='off' or remove "
+                "the random training augmentations.",
+            )
+
+    def on_train_epoch_start(self) -> None:
+        """Remember the cache counters, to log this epoch's hit rate."""
+        if self.teacher_cache is not None:
+            self._epoch_cache_counts = (self.teacher_cache.stats.hits, self.teacher_cache.stats.misses)
+
+    def on_train_epoch_end(self) -> None:
+        """Log the fraction of this epoch's images whose teacher features came from the cache."""
+        cache = self.teacher_cache
+        if cache is None or not cache.enabled:
+            return
+        hits = cache.stats.hits - self._epoch_cache_counts[0]
+        looked_up = hits + cache.stats.misses - self._epoch_cache_counts[1]
+        if looked_up:
+            self.log("train_teacher_cache_hit_rate", hits / looked_up, on_epoch=True)
+
+    def on_fit_end(self) -> None:
+        """Free the cache and restore the default memory layout, so that export and inference see plain tensors."""
+        if self.channels_last:
+            self.model.to(memory_format=torch.contiguous_format)
+        cache = self.teacher_cache
+        if cache is not None and cache.enabled:
+            logger.info(
+                "Teacher-feature cache: %d hits, %d misses, %d images stored (%.2f GB), %d not stored (cap).",
+                cache.stats.hits,
+                cache.stats.misses,
+                cache.stored_items,
+                cache.stored_bytes / 1024**3,
+                cache.stats.overflow,
+            )
+            cache.close()
+
+    def _cached_teacher_features(self, batch: Batch, images: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """The teacher's pyramid of ``images``, from the cache where stored; ``None`` when the cache is off."""
+        cache = self.teacher_cache
+        if cache is None or not cache.enabled:
+            return None
+        if batch.image_path is None:
+            cache.disable("the training batches carry no image_path to key the cache by; set teacher_cache='off'.")
+            return None
+        size = "x".join(str(side) for side in images.shape[1:])
+        keys = [f"{key}|{size}" for key in image_keys(batch.image_path)]
+        slots = cache.get(keys)
+        missing = [row for row, slot in enumerate(slots) if slot is None]
+        if len(missing) == len(slots):
+            features = self.model.teacher_model(images)
+            cache.put(keys, features)
+            return features
+        stored = [row for row, slot in enumerate(slots) if slot is not None]
+        cached = cache.read([slots[row] for row in stored], device=images.device, dtype=torch.float32)
+        if not missing:
+            return cached
+        computed = self.model.teacher_model(images[missing])
+        cache.put([keys[row] for row in missing], computed)
+        features = {}
+        for level, values in cached.items():
+            merged = values.new_empty((len(slots), *values.shape[1:]))
+            merged[stored] = values
+            merged[missing] = computed[level].float()
+            features[level] = merged
+        return features
+
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Compute the DCAM loss on a batch of normal images and log every term.
 
@@ -176,14 +354,26 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
             Dictionary with the loss.
         """
         del args, kwargs
-        output = self.model(batch.image)
-        losses = self.loss(output.teacher_features, output.student_features)
+        images = batch.image
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        teacher_features = self._cached_teacher_features(batch, images)
+        student_images, anomaly_masks, corrupted_teacher_features = images, None, None
+        if self.synthetic_anomalies is not None:
+            # Denoising distillation: the student sees the corrupted image, the targets stay the clean image's.
+            student_images, anomaly_masks = self.synthetic_anomalies(
+                images, find_normalize(self.pre_processor.transform)
+            )
+            if teacher_features is None:
+                teacher_features = self.model.teacher_model(images)
+            if self.loss.push_weight > 0:
+                corrupted_teacher_features = self.model.teacher_model(student_images)
+        output = self.model(student_images, teacher_features=teacher_features)
+        losses = self.loss(output.teacher_features, output.student_features, corrupted_teacher_features, anomaly_masks)
         batch_size = batch.image.shape[0]
         self.log("train_loss", losses.total, on_epoch=True, prog_bar=True, batch_size=batch_size)
-        for name in ("pixel", "channel", "kd"):
-            term = getattr(losses, name)
-            if term is not None:
-                self.log(f"train_{name}_loss", term, on_step=False, on_epoch=True, batch_size=batch_size)
+        for name, term in losses.terms().items():
+            self.log(f"train_{name}_loss", term, on_step=False, on_epoch=True, batch_size=batch_size)
         if output.masks:
             # A mean collapsing towards 0 means the attention is switching the student off.
             mask_mean = torch.stack([mask.mean() for mask in output.masks.values()]).mean()
@@ -229,7 +419,7 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
         """Enums saved in the hyper-parameters, allow-listed for ``weights_only`` checkpoint loading."""
-        return (AttentionType, AttentionPlacement, CombineMode, Reduction)
+        return (AttentionType, AttentionPlacement, CombineMode, Reduction, CacheStorage, CacheDtype)
 
     def to_torch(self, *args, **kwargs) -> Path:
         """Export to a ``.pt`` file holding teacher and student only (no attention blocks)."""

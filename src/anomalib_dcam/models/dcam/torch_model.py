@@ -250,16 +250,23 @@ class DcamModel(nn.Module):
             self.attention = attention
             self._register_inline_hooks()
 
-    def forward(self, images: torch.Tensor) -> DcamTrainOutput | InferenceBatch:
+    def forward(
+        self,
+        images: torch.Tensor,
+        teacher_features: dict[str, torch.Tensor] | None = None,
+    ) -> DcamTrainOutput | InferenceBatch:
         """Run teacher and student.
 
         Args:
             images: Normalised images of shape ``(B, 3, H, W)``.
+            teacher_features: The teacher's pyramid of ``images`` when it is already known (a teacher-feature cache,
+                train mode only); ``None`` runs the teacher.
 
         Returns:
             :class:`DcamTrainOutput` in train mode, else ``InferenceBatch(pred_score, anomaly_map)``.
         """
-        teacher_features: dict[str, torch.Tensor] = self.teacher_model(images)
+        if teacher_features is None or not self.training:
+            teacher_features = self.teacher_model(images)
         self.inline_masks = {}
         student_features: dict[str, torch.Tensor] = self.student_model(images)
 

@@ -1,0 +1,234 @@
+# Copyright (C) 2026 The anomalib-dcam authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Training-speed options: teacher-feature cache, mixed precision, channels-last layout."""
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+from torchvision.transforms import v2
+
+from anomalib_dcam import Dcam
+from anomalib_dcam.models.dcam.teacher_cache import (
+    TeacherFeatureCache,
+    image_keys,
+    non_deterministic_transforms,
+)
+
+IMAGE_SIZE = 64
+
+
+def _small_dcam(**kwargs: object) -> Dcam:
+    pre_processor = Dcam.configure_pre_processor(image_size=(IMAGE_SIZE, IMAGE_SIZE))
+    return Dcam(**{"pre_trained": False, "pre_processor": pre_processor, **kwargs})
+
+
+def _datamodule(root: Path, **kwargs: object) -> MVTecAD:
+    return MVTecAD(root=root, category="brick", train_batch_size=4, eval_batch_size=4, num_workers=0, **kwargs)
+
+
+def _fit(model: Dcam, root: Path, tmp_path: Path, epochs: int = 2, **engine_kwargs: object) -> Engine:
+    torch.manual_seed(0)
+    engine = Engine(
+        max_epochs=epochs,
+        default_root_dir=tmp_path,
+        logger=False,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **engine_kwargs,
+    )
+    engine.fit(model=model, datamodule=_datamodule(root))
+    return engine
+
+
+def _features(batch: int, value: float = 0.0) -> dict[str, torch.Tensor]:
+    return {"a": torch.full((batch, 2, 4, 4), value), "b": torch.full((batch, 3, 2, 2), value)}
+
+
+def test_cache_counts_hits_and_misses_and_returns_what_was_stored() -> None:
+    cache = TeacherFeatureCache(dtype="float32")
+    cache.reset(fingerprint="f", expected_items=3)
+    assert cache.get(["x", "y"]) == [None, None]
+    features = {"a": torch.arange(64.0).reshape(2, 2, 4, 4), "b": -torch.arange(24.0).reshape(2, 3, 2, 2)}
+    cache.put(["x", "y"], features)
+    slots = cache.get(["y", "x", "z"])
+    assert slots[2] is None
+    assert (cache.stats.hits, cache.stats.misses) == (2, 3)
+    assert cache.stats.hit_rate == pytest.approx(2 / 5)
+    read = cache.read(slots[:2], device=torch.device("cpu"), dtype=torch.float32)
+    assert torch.equal(read["a"], features["a"].flip(0))
+    assert torch.equal(read["b"], features["b"].flip(0))
+    assert cache.stored_items == 2
+    assert cache.stored_bytes == 2 * (32 + 12) * 4
+
+
+def test_cache_cap_stops_storing_and_counts_the_overflow() -> None:
+    per_image_bytes = (32 + 12) * 2  # float16
+    cache = TeacherFeatureCache(max_gb=2.5 * per_image_bytes / 1024**3)
+    cache.reset(fingerprint="f", expected_items=10)
+    cache.put(["a", "b", "c", "d"], _features(4, 1.0))
+    assert cache.stored_items == 2
+    assert cache.stats.overflow == 2
+    assert cache.get(["c"]) == [None]
+
+
+def test_a_new_fingerprint_or_an_edited_file_is_a_miss(tmp_path: Path) -> None:
+    image = tmp_path / "image.png"
+    image.write_bytes(b"one")
+    cache = TeacherFeatureCache()
+    cache.reset(fingerprint="resize64", expected_items=1)
+    (key,) = image_keys([str(image)])
+    cache.put([key], _features(1))
+    assert cache.get([key]) == [0]
+    image.write_bytes(b"other")
+    os.utime(image, ns=(1, 1))
+    assert image_keys([str(image)]) != [key]
+    cache.reset(fingerprint="resize128", expected_items=1)
+    assert cache.get([key]) == [None]
+
+
+def test_disk_cache_stores_in_files_and_removes_its_temporary_folder(tmp_path: Path) -> None:
+    cache = TeacherFeatureCache(storage="disk", directory=tmp_path / "cache")
+    cache.reset(fingerprint="f", expected_items=2)
+    features = {"a": torch.rand(2, 2, 4, 4), "b": torch.rand(2, 3, 2, 2)}
+    cache.put(["x", "y"], features)
+    assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == ["level0_a.bin", "level1_b.bin"]
+    read = cache.read(cache.get(["x", "y"]), device=torch.device("cpu"), dtype=torch.float32)
+    torch.testing.assert_close(read["a"], features["a"], rtol=1e-3, atol=1e-3)
+    temporary = TeacherFeatureCache(storage="disk")
+    temporary.reset(fingerprint="f", expected_items=1)
+    temporary.put(["x"], _features(1))
+    folder = Path(temporary._temporary_directory)
+    assert folder.is_dir()
+    temporary.close()
+    assert not folder.exists()
+
+
+def test_random_transforms_are_named() -> None:
+    deterministic = v2.Compose([v2.Resize((64, 64)), v2.Normalize(mean=[0.5] * 3, std=[0.5] * 3)])
+    assert non_deterministic_transforms(deterministic) == []
+    assert non_deterministic_transforms(None) == []
+    random = v2.Compose([v2.RandomHorizontalFlip(), deterministic, v2.ColorJitter(0.1)])
+    assert non_deterministic_transforms(random) == ["RandomHorizontalFlip", "ColorJitter"]
+
+
+def test_cache_is_refused_under_random_training_transforms(
+    texture_root: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = _small_dcam(teacher_cache="memory")
+    datamodule = _datamodule(texture_root, train_augmentations=v2.RandomHorizontalFlip())
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, accelerator="cpu", enable_progress_bar=False)
+    with caplog.at_level(logging.WARNING, logger="anomalib_dcam"):
+        engine.fit(model=model, datamodule=datamodule)
+    assert "RandomHorizontalFlip" in model.teacher_cache.disabled_reason
+    assert model.teacher_cache.stats.hits == model.teacher_cache.stats.misses == 0
+    assert any("Teacher-feature cache disabled" in record.message for record in caplog.records)
+
+
+def test_cached_loss_equals_the_uncached_loss_on_the_same_batch(texture_root: Path) -> None:
+    datamodule = _datamodule(texture_root)
+    datamodule.setup()
+    batch = next(iter(datamodule.train_dataloader()))
+    reference = _small_dcam()
+    batch.image = reference.pre_processor.transform(batch.image)
+    reference.model.train()
+    expected = reference.loss(*reference.model(batch.image)[:2]).total
+    for dtype, tolerance in (("float32", 0.0), ("float16", 1e-3)):
+        model = _small_dcam(teacher_cache="memory", teacher_cache_dtype=dtype)
+        model.model.load_state_dict(reference.model.state_dict())
+        model.model.train()
+        model.teacher_cache.reset(fingerprint="test", expected_items=len(batch.image))
+        for expected_hits in (0, len(batch.image)):  # first a miss that fills the cache, then a hit
+            hits = model.teacher_cache.stats.hits
+            features = model._cached_teacher_features(batch, batch.image)
+            assert model.teacher_cache.stats.hits - hits == expected_hits
+            loss = model.loss(*model.model(batch.image, teacher_features=features)[:2]).total
+            torch.testing.assert_close(loss, expected, rtol=tolerance, atol=0.0)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 0.0), ("float16", 2e-3)])
+def test_cached_and_uncached_training_give_the_same_model(
+    texture_root: Path,
+    tmp_path: Path,
+    dtype: str,
+    tolerance: float,
+) -> None:
+    models = {}
+    for name, options in (("plain", {}), ("cached", {"teacher_cache": "memory", "teacher_cache_dtype": dtype})):
+        torch.manual_seed(0)
+        models[name] = _small_dcam(**options)
+        _fit(models[name], texture_root, tmp_path / name, epochs=2)
+    stats = models["cached"].teacher_cache.stats
+    assert stats.misses == 8  # the 8 training images, once
+    assert stats.hits == 8  # all of them in the second epoch
+    for (name, plain), cached in zip(
+        models["plain"].model.student_model.state_dict().items(),
+        models["cached"].model.student_model.state_dict().values(),
+        strict=True,
+    ):
+        torch.testing.assert_close(cached, plain, rtol=tolerance, atol=tolerance, msg=name)
+
+
+def test_bf16_mixed_trains_with_float32_loss_terms_and_saves_a_float32_checkpoint(
+    texture_root: Path,
+    tmp_path: Path,
+) -> None:
+    model = _small_dcam(teacher_cache="memory")
+    engine = _fit(model, texture_root, tmp_path, epochs=1, precision="bf16-mixed")
+    for term in ("train_loss", "train_pixel_loss", "train_channel_loss", "train_kd_loss"):
+        assert torch.isfinite(engine.trainer.callback_metrics[term]), term
+
+    images = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    model.model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model.model(images)
+        assert next(iter(output.student_features.values())).dtype == torch.bfloat16
+        losses = model.loss(output.teacher_features, output.student_features)
+    assert all(term.dtype == torch.float32 for term in losses if term is not None)
+    model.model.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.model(images).anomaly_map.dtype == torch.float32
+
+    checkpoint = tmp_path / "bf16.ckpt"
+    engine.trainer.save_checkpoint(checkpoint)
+    restored = Dcam.load_from_checkpoint(checkpoint)
+    assert all(parameter.dtype == torch.float32 for parameter in restored.parameters())
+    assert all(value.dtype == torch.float32 for value in restored.state_dict().values() if value.is_floating_point())
+
+
+def test_channels_last_gives_the_same_loss_and_leaves_plain_tensors_after_fit(
+    texture_root: Path, tmp_path: Path
+) -> None:
+    images = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    model = _small_dcam(channels_last=True)
+    model.model.train()
+    expected = model.loss(*model.model(images)[:2]).total
+    model.model.to(memory_format=torch.channels_last)
+    layout = model.loss(*model.model(images.contiguous(memory_format=torch.channels_last))[:2]).total
+    torch.testing.assert_close(layout, expected, rtol=1e-5, atol=1e-6)
+
+    _fit(model, texture_root, tmp_path, epochs=1)
+    assert all(parameter.is_contiguous() for parameter in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"teacher_cache": "ram"}, "teacher_cache"),
+        ({"teacher_cache": "memory", "teacher_cache_max_gb": 0}, "teacher_cache_max_gb"),
+        ({"teacher_cache_max_gb": -1}, "teacher_cache_max_gb"),
+        ({"teacher_cache_dtype": "int8"}, "teacher_cache_dtype"),
+        ({"channels_last": "yes"}, "channels_last"),
+    ],
+)
+def test_bad_speed_options_name_the_option(options: dict, option: str) -> None:
+    with pytest.raises(ValueError, match=option):
+        Dcam(pre_trained=False, **options)
