@@ -11,11 +11,11 @@ with the lowest mean anomaly score on them is kept) and :class:`anomalib_dcam.ca
 - ``one_class`` runs train one model per category (the classic anomalib setting) and pool the rows.
 
 ``--speed fast`` (the default) trains every run with the shipped training-speed settings (docs/training_speed.md):
-Dcam with its teacher-feature cache and layout, every model at the fast precision with no data-loader workers.
-``--speed reference`` trains in float32, recomputing the teacher, with 2 loader workers (the accuracy reference of
-those settings).
+Dcam with its teacher-feature cache and channels-last, float32, no data-loader workers. ``--speed bf16`` adds bf16
+mixed precision. ``--speed reference`` trains in float32, recomputing the teacher, with 2 loader workers (the
+accuracy reference of those settings).
 
-Each run writes ``per_category_metrics.{csv,json}`` into ``<output>/<data>_e<epochs>_s<seed>[_reference]/<run>/``
+Each run writes ``per_category_metrics.{csv,json}`` into ``<output>/<data>_e<epochs>_s<seed>[_<speed>]/<run>/``
 and its rows into ``<records>/`` with the same layout (small JSON files meant to be kept with the code, so that a
 multi-seed comparison can span several working sessions; ``benchmarks/seeds.py`` summarises them). Finished runs,
 found in either place, are skipped on a rerun. ``--runs`` takes the names of ``RUNS`` in ``dcam_vs_stfpm.py`` (the
@@ -39,10 +39,11 @@ from dcam_vs_stfpm import BACKBONE, RUNS, build_model
 
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Max")
 
-# Trainer, data-loader and Dcam settings of each --speed profile. "fast" matches the configs' defaults for
-# tf_efficientnet_lite0 (docs/training_speed.md); "reference" is float32, teacher recomputed, 2 loader workers.
+# Trainer, data-loader and Dcam settings of each --speed profile. "fast" matches the configs' defaults
+# (docs/training_speed.md); "bf16" adds bf16 mixed precision; "reference" is float32, teacher recomputed, 2 workers.
 SPEED_PROFILES: dict[str, dict] = {
-    "fast": {"precision": "bf16-mixed", "num_workers": 0, "dcam": {"teacher_cache": "memory", "channels_last": True}},
+    "fast": {"precision": "32-true", "num_workers": 0, "dcam": {"teacher_cache": "memory", "channels_last": True}},
+    "bf16": {"precision": "bf16-mixed", "num_workers": 0, "dcam": {"teacher_cache": "memory", "channels_last": True}},
     "reference": {"precision": "32-true", "num_workers": 2, "dcam": {}},
 }
 

@@ -154,7 +154,7 @@ def run_demo(
     backbone: str = "tf_efficientnet_lite0",
     num_train: int = 120,
     seed: int = 0,
-    precision: str = "auto",
+    precision: str = "32-true",
     teacher_cache: str = "memory",
     channels_last: bool = True,
 ) -> dict[str, float]:
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--precision",
         choices=["auto", "32-true", "bf16-mixed"],
-        default="auto",
+        default="32-true",
         help="training precision; auto: bf16-mixed where the CPU has native bfloat16 (default: %(default)s)",
     )
     parser.add_argument(
