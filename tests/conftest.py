@@ -11,8 +11,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANOMALIB_DCAM_AUTOLOAD", "1")
 
+from typing import TYPE_CHECKING
+
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from anomalib.engine import Engine
 
 REAL_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "industrial"
 BIN_DIR = Path(sys.executable).parent
@@ -40,6 +45,21 @@ def texture_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("textures")
     return make_texture_dataset(root, ["brick"], image_size=64, num_train=8, num_test_good=4, num_test_defect=4)
+
+
+def quiet_engine(root_dir: Path, epochs: int = 1, **kwargs: object) -> "Engine":
+    """A CPU anomalib Engine with no logger, progress bar or model summary (tiny test trainings)."""
+    from anomalib.engine import Engine
+
+    return Engine(
+        max_epochs=epochs,
+        default_root_dir=root_dir,
+        logger=False,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ from PIL import Image
 from anomalib_dcam import Dcam
 from anomalib_dcam.models.dcam import AttentionType, CombineMode
 from anomalib_dcam.weights import BackboneWeightsError
-from conftest import requires_lite0, subprocess_env
+from conftest import quiet_engine, requires_lite0, subprocess_env
 
 IMAGE_SIZE = 64
 
@@ -29,14 +29,7 @@ def _small_dcam(**kwargs: object) -> Dcam:
 
 
 def _engine(tmp_path: Path, epochs: int = 1) -> Engine:
-    return Engine(
-        max_epochs=epochs,
-        default_root_dir=tmp_path,
-        logger=False,
-        accelerator="cpu",
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    return quiet_engine(tmp_path, epochs)
 
 
 def test_training_lowers_the_loss(texture_root: Path) -> None:

@@ -19,6 +19,7 @@ from anomalib_dcam.models.dcam.teacher_cache import (
     image_keys,
     non_deterministic_transforms,
 )
+from conftest import quiet_engine
 
 IMAGE_SIZE = 64
 
@@ -34,15 +35,7 @@ def _datamodule(root: Path, **kwargs: object) -> MVTecAD:
 
 def _fit(model: Dcam, root: Path, tmp_path: Path, epochs: int = 2, **engine_kwargs: object) -> Engine:
     torch.manual_seed(0)
-    engine = Engine(
-        max_epochs=epochs,
-        default_root_dir=tmp_path,
-        logger=False,
-        accelerator="cpu",
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **engine_kwargs,
-    )
+    engine = quiet_engine(tmp_path, epochs, **engine_kwargs)
     engine.fit(model=model, datamodule=_datamodule(root))
     return engine
 
