@@ -11,7 +11,8 @@ precision hint (``f32`` by default: bit-for-bit the same model as PyTorch FP32; 
 compute in bf16, which shifts scores).
 
 Writes:
-    ``<output>/scores.csv``: ``image``, ``pred_score``, ``pred_label`` (the threshold stored in the model).
+    ``<output>/scores.csv``: ``image``, ``pred_score``, ``pred_label`` (the threshold stored in the model) and
+    ``category`` (the product a unified model recognised and whose threshold it applied; empty for one category).
     ``<output>/heatmaps/<image path relative to --images>.png``: the anomaly map over the image.
 
 Example:
@@ -96,14 +97,16 @@ def score_folder(
     start = time.perf_counter()
     with csv_path.open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["image", "pred_score", "pred_label"])
+        writer.writerow(["image", "pred_score", "pred_label", "category"])
         for path in paths:
             image = load_image(path, size)
             prediction = inferencer.predict(image)
             score = float(prediction.pred_score.reshape(-1)[0])
             label = "" if prediction.pred_label is None else int(prediction.pred_label.reshape(-1)[0])
+            # A unified model names the product it recognised ("unknown" when it is none of its products).
+            category = getattr(prediction, "pred_category_name", [""])[0]
             relative = path.relative_to(images_dir)
-            writer.writerow([relative.as_posix(), f"{score:.6f}", label])
+            writer.writerow([relative.as_posix(), f"{score:.6f}", label, category])
             save_heatmap(image, prediction.anomaly_map, (output / "heatmaps" / relative).with_suffix(".png"))
     elapsed = time.perf_counter() - start
     print(

@@ -28,7 +28,6 @@ from anomalib_dcam import Dcam
 from anomalib_dcam.callbacks import MONITORED_METRIC, HeldOutNormalCheckpoint, PerCategoryMetrics
 from anomalib_dcam.callbacks.per_category import compute_anomaly_metrics
 from anomalib_dcam.data import MultiClassMVTec, MultiClassMVTecDataset, categories_by_image_path
-from anomalib_dcam.data.multiclass import SYNTHETIC_CATEGORY
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA_ROOT = REPOSITORY_ROOT.parent / "shared" / "data" / "industrial"
@@ -99,26 +98,31 @@ def test_union_sizes_and_category_tags(dataset_root: Path) -> None:
     assert len(val) == 4  # 20 % held out
     assert len(test) == 8  # 4 + 4 test images
     assert set(train.category) == {"a", "b"}
-    # The default split turns half of the held-out normals into synthetic anomalies, tagged as such.
-    synthetic = val.category == SYNTHETIC_CATEGORY
-    assert synthetic.sum() == 2
-    assert (val.label_index[synthetic] == 1).all()
-    assert (val.label_index[~synthetic] == 0).all()
-    assert set(val.category[~synthetic]) <= {"a", "b"}
+    # The default split turns half of each category's held-out normals into synthetic anomalies of that category.
+    synthetic = val.label_index == 1
+    assert synthetic.sum() == sum(count // 2 for count in val.groupby("category").size())
+    assert set(val.category) <= {"a", "b"}
     assert test.groupby("category").size().to_dict() == {"a": 4, "b": 4}
     assert (test.groupby("category").label_index.sum() == 2).all()
-    # The tag agrees with the folder every image comes from.
+    # The tag agrees with the folder every image comes from (a synthetic anomaly's: abnormal/<category>/).
     for samples in (train, val[~synthetic], test):
         assert all(
             Path(path).relative_to(dataset_root).parts[0] == tag
             for path, tag in zip(samples.image_path, samples.category, strict=True)
         )
-    assert datamodule.summary().loc["a"].to_dict() == {
+    assert all(
+        Path(path).parent.name == tag
+        for path, tag in zip(val.image_path[synthetic], val.category[synthetic], strict=True)
+    )
+    summary = datamodule.summary()
+    assert summary.loc["a"].to_dict() == {
         "train": int((train.category == "a").sum()),
-        "val": int((val.category == "a").sum()),  # held-out normals only
+        "val": int(((val.category == "a") & ~synthetic).sum()),  # held-out normals
+        "val_synthetic": int(((val.category == "a") & synthetic).sum()),
         "test_normal": 2,
         "test_anomalous": 2,
     }
+    assert summary.val.sum() + summary.val_synthetic.sum() == 4
     assert datamodule.category == "a+b"
     assert datamodule.name == "tiny_mvtec"
 
@@ -332,7 +336,14 @@ class _RecordMonitoredScore(Callback):
 
 def test_held_out_checkpoint_keeps_the_lowest_score_and_restores_it(dataset_root: Path, tmp_path: Path) -> None:
     np.random.seed(0)  # anomalib draws which held-out images get synthetic anomalies from NumPy's global state
-    datamodule = MultiClassMVTec(root=dataset_root, categories=["a", "b"], train_batch_size=8, num_workers=0)
+    # 40 % held out: each category then has enough held-out normals for synthetic anomalies of its own.
+    datamodule = MultiClassMVTec(
+        root=dataset_root,
+        categories=["a", "b"],
+        train_batch_size=8,
+        num_workers=0,
+        val_split_ratio=0.4,
+    )
     checkpoint = HeldOutNormalCheckpoint()
     recorder = _RecordMonitoredScore()
     report = PerCategoryMetrics(print_table=False)
@@ -456,6 +467,10 @@ def test_command_line_trains_and_writes_the_report(dataset_root: Path, tmp_path:
     assert report["global"]["images"] == 8
     assert (run_folder / "weights" / "lightning" / "model.ckpt").is_file()
     assert "Per-category test metrics" in result.stdout
+    # The checkpoint carries the product recognition and its names (docs/multiclass.md).
+    restored = Dcam.load_from_checkpoint(run_folder / "weights" / "lightning" / "model.ckpt", weights_only=True)
+    assert restored.post_processor.category_names == ["a", "b"]
+    assert restored.post_processor.category_image_threshold.shape == (2,)
 
 
 # ---------------------------------------------------------------------------------------------- real data
@@ -474,7 +489,9 @@ def test_real_industrial_categories_set_up() -> None:
     synthetic = MultiClassMVTec(root=REAL_DATA_ROOT, categories=categories, num_workers=0)
     synthetic.setup()
     assert len(synthetic.val_data) == 194
-    assert int((synthetic.val_data.samples.category == SYNTHETIC_CATEGORY).sum()) == 97
+    # Half of each category's held-out normals become synthetic anomalies of that category.
+    held_out = synthetic.val_data.samples.groupby("category").size()
+    assert synthetic.summary().val_synthetic.to_dict() == {name: count // 2 for name, count in held_out.items()}
     assert synthetic.summary().train.sum() == summary.train.sum()
     assert summary.test_normal.to_dict() == {"bottle": 20, "magnetic_tile": 191}
     assert summary.test_anomalous.to_dict() == {"bottle": 63, "magnetic_tile": 392}

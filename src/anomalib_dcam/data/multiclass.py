@@ -30,13 +30,16 @@ Example:
 
 from collections.abc import Sequence
 from pathlib import Path
+from tempfile import mkdtemp
 
 import pandas as pd
 from anomalib.data.datamodules.base.image import AnomalibDataModule
 from anomalib.data.datasets.base.image import AnomalibDataset
 from anomalib.data.datasets.image.mvtecad import IMG_EXTENSIONS, MVTecADDataset
 from anomalib.data.errors import MisMatchError
-from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode
+from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode, random_split
+from anomalib.data.utils.synthetic import ROOT as SYNTHETIC_ROOT
+from anomalib.data.utils.synthetic import SyntheticAnomalyDataset, make_synthetic_dataset
 from anomalib.utils.path import resolve_dataset_root
 from torchvision.transforms.v2 import Transform
 
@@ -44,7 +47,6 @@ from anomalib_dcam._validation import coerce_choice
 
 __all__ = [
     "CATEGORY_COLUMN",
-    "SYNTHETIC_CATEGORY",
     "MultiClassMVTec",
     "MultiClassMVTecDataset",
     "categories_by_image_path",
@@ -54,9 +56,6 @@ __all__ = [
 
 CATEGORY_COLUMN = "category"
 
-SYNTHETIC_CATEGORY = "synthetic"
-"""Category tag of the synthetic anomalies in a ``val_split_mode="synthetic"`` validation set (their source is not
-recorded by anomalib)."""
 """Name of the column of ``dataset.samples`` that holds each sample's category."""
 
 ALL_CATEGORIES_NAME = "all"
@@ -261,6 +260,37 @@ def categories_by_image_path(dataset: AnomalibDataset) -> dict[str, str]:
     return dict(zip(samples.image_path.astype(str), samples[CATEGORY_COLUMN].astype(str), strict=True))
 
 
+class CategorySyntheticAnomalyDataset(SyntheticAnomalyDataset):
+    """anomalib's synthetic validation set, made category by category so that every sample keeps its category.
+
+    Half of each category's normals become synthetic anomalies (anomalib's ``make_synthetic_dataset``), written
+    under ``<temporary folder>/abnormal/<category>/``; the folder is removed with the dataset, as anomalib's is.
+
+    Args:
+        augmentations: Augmentations of the source dataset.
+        source_samples: Normal samples with a ``category`` column.
+        dataset_name: Name of the temporary folder's parent.
+    """
+
+    def __init__(self, augmentations: Transform | None, source_samples: pd.DataFrame, dataset_name: str) -> None:
+        AnomalibDataset.__init__(self, augmentations=augmentations)  # the parent's generation is replaced below
+        self.source_samples = source_samples
+        parent = SYNTHETIC_ROOT / dataset_name
+        parent.mkdir(parents=True, exist_ok=True)
+        self.root = Path(mkdtemp(dir=parent))
+        self.im_dir, self.mask_dir = self.root / "abnormal", self.root / "ground_truth"
+        self._cleanup = True
+        frames = []
+        for category, normals in source_samples.groupby(CATEGORY_COLUMN, sort=False):
+            image_dir, mask_dir = self.im_dir / str(category), self.mask_dir / str(category)
+            image_dir.mkdir(parents=True)
+            mask_dir.mkdir(parents=True)
+            samples = make_synthetic_dataset(normals, image_dir, mask_dir, 0.5)
+            frames.append(samples.assign(**{CATEGORY_COLUMN: category}))
+        self.samples = pd.concat(frames, ignore_index=True)
+        self.samples.attrs["task"] = "segmentation"
+
+
 class MultiClassMVTec(AnomalibDataModule):
     """Datamodule that trains one model on the union of several MVTec-layout categories.
 
@@ -373,35 +403,45 @@ class MultiClassMVTec(AnomalibDataModule):
         self.test_data = MultiClassMVTecDataset(root=self.root, categories=self.categories, split=Split.TEST)
 
     def _create_val_split(self) -> None:
-        """Build the validation set as anomalib does, then tag it with categories where anomalib dropped them.
+        """Build the validation set as anomalib does, keeping every sample's category.
 
-        anomalib's synthetic split keeps only its own columns; the held-out normals get their category back from
-        their paths, the synthetic anomalies the tag :data:`SYNTHETIC_CATEGORY`.
+        anomalib's synthetic split keeps only its own columns and draws its anomalies from the pooled normals; here
+        they are drawn per category (half of each category's held-out normals, as anomalib does overall), so that
+        each synthetic anomaly keeps its source's category and per-category calibration can use it.
         """
+        if self.val_split_mode == ValSplitMode.SYNTHETIC and len(self.categories) > 1:
+            self.train_data, normal_val_data = random_split(self.train_data, self.val_split_ratio, seed=self.seed)
+            self.val_data = CategorySyntheticAnomalyDataset.from_dataset(normal_val_data)
+            return
         categories = categories_by_image_path(self.train_data)  # a synthetic split draws from the training images
         super()._create_val_split()
         samples = _samples_or_none(getattr(self, "val_data", None))  # val_split_mode="none" sets no val_data
         if samples is not None and len(samples) and CATEGORY_COLUMN not in samples.columns:
-            tags = [categories.get(str(path), SYNTHETIC_CATEGORY) for path in samples.image_path]
+            # One category: anomalib's own split, every sample of that category.
+            tags = [categories.get(str(path), self.categories[0]) for path in samples.image_path]
             self.val_data.samples = samples.assign(**{CATEGORY_COLUMN: tags})
 
     def summary(self) -> pd.DataFrame:
         """Count the images of every subset per category (after :meth:`setup`).
 
         Returns:
-            One row per category with the columns ``train``, ``val``, ``test_normal`` and ``test_anomalous``
-            (a subset that does not exist, or that carries no category, is left out; ``val`` does not count
-            synthetic anomalies).
+            One row per category with the columns ``train``, ``val`` (held-out normals), ``val_synthetic``
+            (synthetic anomalies made from them), ``test_normal`` and ``test_anomalous``; a subset that does not
+            exist, or that carries no category, is left out.
         """
         columns = {}
         for subset in ("train", "val", "test"):
             samples = _samples_or_none(getattr(self, f"{subset}_data", None))
             if samples is None or CATEGORY_COLUMN not in samples.columns:
                 continue
+            anomalous = samples.label_index == LabelName.ABNORMAL
             if subset == "test":
-                anomalous = samples.label_index == LabelName.ABNORMAL
                 columns["test_normal"] = samples[~anomalous].groupby(CATEGORY_COLUMN).size()
                 columns["test_anomalous"] = samples[anomalous].groupby(CATEGORY_COLUMN).size()
+            elif subset == "val":
+                columns["val"] = samples[~anomalous].groupby(CATEGORY_COLUMN).size()
+                if anomalous.any():
+                    columns["val_synthetic"] = samples[anomalous].groupby(CATEGORY_COLUMN).size()
             else:
                 columns[subset] = samples.groupby(CATEGORY_COLUMN).size()
         table = pd.DataFrame(columns).reindex(self.categories).fillna(0).astype(int)

@@ -18,9 +18,17 @@ Example:
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomalib.data import NumpyImageBatch
+from anomalib.deploy import OpenVINOInferencer
+
+from anomalib_dcam.deploy.categories import read_category_names_from_file
+from anomalib_dcam.post_processing.category import UNKNOWN_CATEGORY_NAME
+
 if TYPE_CHECKING:
+    import numpy as np
     import openvino as ov
-    from anomalib.deploy import OpenVINOInferencer
+    import torch
+    from PIL.Image import Image as PILImage
 
 __all__ = ["PRECISION_HINTS", "compile_openvino", "openvino_config", "openvino_inferencer", "static_input_size"]
 
@@ -105,7 +113,10 @@ def openvino_inferencer(
     precision_hint: str = "f32",
     num_threads: int | None = None,
 ) -> "OpenVINOInferencer":
-    """Create anomalib's :class:`~anomalib.deploy.OpenVINOInferencer` with an explicit precision hint.
+    """Create anomalib's OpenVINO inferencer with an explicit precision hint.
+
+    It is a :class:`CategoryOpenVINOInferencer`: anomalib's :class:`~anomalib.deploy.OpenVINOInferencer` that also
+    reads a unified model's recognised category.
 
     The inferencer does not resize: give it images of the exported ``input_size`` (or export with a dynamic input
     size). It writes a compiled-model cache to ``./openvino_cache`` in the working directory.
@@ -119,13 +130,12 @@ def openvino_inferencer(
     Returns:
         The inferencer.
     """
-    from anomalib.deploy import OpenVINOInferencer
-
     path = Path(path)
     if not path.is_file():
         msg = f"model path {str(path)!r} does not exist; pass the exported .xml file."
         raise FileNotFoundError(msg)
-    return OpenVINOInferencer(path, device=device, config=openvino_config(precision_hint, num_threads=num_threads))
+    config = openvino_config(precision_hint, num_threads=num_threads)
+    return CategoryOpenVINOInferencer(path, device=device, config=config)
 
 
 def static_input_size(model: "str | Path | ov.Model") -> tuple[int, int] | None:
@@ -145,3 +155,35 @@ def static_input_size(model: "str | Path | ov.Model") -> tuple[int, int] | None:
     if shape.rank.is_static and shape.rank.get_length() == 4 and shape[2].is_static and shape[3].is_static:
         return shape[2].get_length(), shape[3].get_length()
     return None
+
+
+class CategoryOpenVINOInferencer(OpenVINOInferencer):
+    """anomalib's OpenVINO inferencer, for unified models too: ``pred_category`` and its names are kept.
+
+    anomalib's :class:`~anomalib.deploy.OpenVINOInferencer` builds its result from every IR output and has no
+    category field; this subclass sets ``pred_category`` (indices, ``-1`` for an unknown product) and
+    ``pred_category_name`` (the names stored in the IR) on the returned batch. Models without the output behave as
+    with anomalib's class.
+    """
+
+    def __init__(self, path: str | Path, *args: Any, **kwargs: Any) -> None:
+        super().__init__(path, *args, **kwargs)
+        self.category_names = read_category_names_from_file(path)
+        self._category: np.ndarray | None = None
+
+    def post_process(self, predictions: Any) -> dict:  # type: ignore[override]
+        """The output dictionary of anomalib's inferencer, without ``pred_category`` (kept for :meth:`predict`)."""
+        outputs = super().post_process(predictions)
+        self._category = outputs.pop("pred_category", None)
+        return outputs
+
+    def predict(self, image: "str | Path | np.ndarray | PILImage | torch.Tensor") -> NumpyImageBatch:
+        """Score an image as anomalib does; add ``pred_category`` and ``pred_category_name`` for a unified model."""
+        batch = super().predict(image)
+        if self._category is not None:
+            batch.pred_category = self._category
+            batch.pred_category_name = [
+                self.category_names[index] if 0 <= index < len(self.category_names) else UNKNOWN_CATEGORY_NAME
+                for index in self._category.reshape(-1).tolist()
+            ]
+        return batch

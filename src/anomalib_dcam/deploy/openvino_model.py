@@ -37,7 +37,9 @@ from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Resize
 
+from anomalib_dcam.deploy.categories import read_category_names_from_file
 from anomalib_dcam.deploy.inference import compile_openvino, static_input_size
+from anomalib_dcam.post_processing.category import UNKNOWN_CATEGORY_NAME, CategoryInferenceBatch
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -49,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
 """Outputs of an anomalib IR, in :class:`~anomalib.data.InferenceBatch` order."""
+
+CATEGORY_OUTPUT = "pred_category"
+"""Extra output of a unified model with per-category post-processing: the recognised category's index."""
 
 BOOLEAN_OUTPUTS = frozenset({"pred_label", "pred_mask"})
 """Outputs exported as ``int8`` that anomalib's batches hold as booleans."""
@@ -86,16 +91,20 @@ class OpenVINOInferenceModel(nn.Module):
             image: Float images ``(N, 3, H, W)`` in ``[0, 1]``, at the IR's input size when it is static.
 
         Returns:
-            The IR's predictions: scores, labels, anomaly maps and masks, as the exported post-processor made them.
+            The IR's predictions: scores, labels, anomaly maps and masks, as the exported post-processor made them,
+            and ``pred_category`` (a :class:`~anomalib_dcam.post_processing.CategoryInferenceBatch`) for a unified
+            model with per-category post-processing.
         """
         results = self.compiled_model(image.detach().to("cpu", torch.float32).contiguous().numpy())
         outputs: dict[str, torch.Tensor] = {}
         for output, value in results.items():
-            name = next((name for name in output.names if name in OUTPUT_NAMES), None)
+            name = next((name for name in output.names if name in (*OUTPUT_NAMES, CATEGORY_OUTPUT)), None)
             if name is None:
                 continue
             tensor = torch.from_numpy(value).to(image.device)
             outputs[name] = tensor.bool() if name in BOOLEAN_OUTPUTS else tensor
+        if CATEGORY_OUTPUT in outputs:
+            return CategoryInferenceBatch(**outputs)
         return InferenceBatch(**outputs)
 
 
@@ -160,6 +169,7 @@ class OpenVINOModel(AnomalibModule):
         self.model = OpenVINOInferenceModel(
             compile_openvino(path, openvino_device, precision_hint=precision_hint, num_threads=num_threads),
         )
+        self.category_names = read_category_names_from_file(path)
         # anomalib's Engine warns that no checkpoint was loaded; say where the weights come from instead.
         logger.info(
             "Scoring with the OpenVINO model %s on %s (INFERENCE_PRECISION_HINT=%s, input size %s).",
@@ -188,6 +198,25 @@ class OpenVINOModel(AnomalibModule):
     def validation_step(self, batch: Batch, *args, **kwargs) -> "STEP_OUTPUT":
         """Score a validation batch with the IR, as ``test_step`` does."""
         return self.test_step(batch, *args, **kwargs)
+
+    def test_step(self, batch: Batch, *args, **kwargs) -> "STEP_OUTPUT":
+        """Score a batch with the IR; a unified model's batches also get ``pred_category`` and its names."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        batch.update(**predictions._asdict())
+        category = getattr(predictions, CATEGORY_OUTPUT, None)
+        if category is not None:
+            batch.pred_category = category
+            batch.pred_category_name = [self.category_name(int(index)) for index in category.reshape(-1)]
+        return batch
+
+    def predict_step(self, batch: Batch, *args, **kwargs) -> "STEP_OUTPUT":
+        """Score a batch with the IR, as ``test_step`` does."""
+        return self.test_step(batch, *args, **kwargs)
+
+    def category_name(self, index: int) -> str:
+        """Name of a ``pred_category`` value, from the names stored in the IR."""
+        return self.category_names[index] if 0 <= index < len(self.category_names) else UNKNOWN_CATEGORY_NAME
 
     def configure_optimizers(self) -> None:
         """No optimiser: there is nothing to train."""

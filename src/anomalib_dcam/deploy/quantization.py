@@ -52,6 +52,7 @@ from torch.nn import functional as F  # noqa: N812
 from torchmetrics import Metric
 
 from .calibration import CalibrationDataModule
+from .categories import model_category_names, set_category_names, write_category_names
 
 if TYPE_CHECKING:
     import nncf
@@ -546,6 +547,7 @@ def export_openvino(
         msg = f"compression_type={compression_type.name} needs datamodule=<calibration datamodule>."
         raise ValueError(msg)
     ov_model = convert_to_openvino(model, input_size, onnx_kwargs, ov_kwargs)
+    set_category_names(ov_model, model_category_names(model))
     ov_model = compress_openvino_model(
         ov_model,
         compression_type,
@@ -568,6 +570,12 @@ class OpenVINOQuantizationMixin:
     """
 
     keep_head_fp32: bool = True
+
+    def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
+        """Export as anomalib does, with the category names of a unified model in the IR (see ``deploy.categories``)."""
+        xml_path = super().to_openvino(*args, **kwargs)  # type: ignore[misc]
+        write_category_names(xml_path, model_category_names(self))
+        return xml_path
 
     def _post_training_quantization_ov(
         self,

@@ -38,6 +38,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from anomalib_dcam._validation import check_non_negative, check_positive, coerce_choice
 from anomalib_dcam.deploy.quantization import OpenVINOQuantizationMixin
+from anomalib_dcam.post_processing import CategoryPostProcessor
 from anomalib_dcam.precision import native_cpu_bf16
 
 from .anomaly_map import CombineMode
@@ -113,7 +114,9 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         channels_last: Train in the channels-last memory layout (faster for some backbones and precisions on CPU,
             see docs/training_speed.md). Training-only. Defaults to ``False``.
         pre_processor: Pre-processor, or ``True`` for anomalib's default (256 px, ImageNet normalisation).
-        post_processor: Post-processor, or ``True`` for the default.
+        post_processor: Post-processor, or ``True`` for the default: a :class:`CategoryPostProcessor`, which is
+            anomalib's post-processor for one category and recognises the product and calibrates per category for a
+            model trained on several (docs/multiclass.md).
         evaluator: Evaluator, or ``True`` for the default.
         visualizer: Visualizer, or ``True`` for the default.
 
@@ -230,6 +233,13 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
             anomaly_map_combine=anomaly_map_combine,
             anomaly_map_sigma=anomaly_map_sigma,
         )
+        if isinstance(self.post_processor, CategoryPostProcessor):
+            self.post_processor.bind(self)
+
+    @staticmethod
+    def configure_post_processor() -> CategoryPostProcessor:
+        """The default post-processor: per category when trained on several (see :class:`CategoryPostProcessor`)."""
+        return CategoryPostProcessor()
 
     def setup(self, stage: str) -> None:
         """Load the teacher's ImageNet weights before training, unless a checkpoint already provided them.

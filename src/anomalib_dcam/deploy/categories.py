@@ -1,0 +1,66 @@
+# Copyright (C) 2026 The anomalib-dcam authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Category names in exported OpenVINO IRs: a unified model's ``pred_category`` output gets its names back.
+
+The names are stored in the IR's ``rt_info`` under ``anomalib_dcam/category_names`` (a JSON list), written by
+``model.to_openvino`` / ``anomalib export`` of a model with a multi-category
+:class:`~anomalib_dcam.post_processing.CategoryPostProcessor`, and by :func:`anomalib_dcam.deploy.export_openvino`.
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+RT_INFO_PATH = ["anomalib_dcam", "category_names"]
+"""Where the category names live in an IR's ``rt_info``."""
+
+
+def model_category_names(model: Any) -> list[str]:
+    """Category names of a model whose post-processor recognises several categories; empty otherwise."""
+    post_processor = getattr(model, "post_processor", None)
+    if not getattr(post_processor, "is_multi_category", False):
+        return []
+    return list(post_processor.category_names)
+
+
+def set_category_names(ov_model: "ov.Model", names: list[str]) -> None:
+    """Store ``names`` in an OpenVINO model's ``rt_info`` (nothing for an empty list)."""
+    if names:
+        ov_model.set_rt_info(json.dumps(names), RT_INFO_PATH)
+
+
+def read_category_names(ov_model: "ov.Model") -> list[str]:
+    """Category names stored by :func:`set_category_names`; empty for an IR without them."""
+    if not ov_model.has_rt_info(RT_INFO_PATH):
+        return []
+    return [str(name) for name in json.loads(ov_model.get_rt_info(RT_INFO_PATH).astype(str))]
+
+
+def read_category_names_from_file(path: str | Path) -> list[str]:
+    """Category names of an ``.xml`` IR (an ``.onnx`` file has none)."""
+    import openvino as ov
+
+    if Path(path).suffix != ".xml":
+        return []
+    return read_category_names(ov.Core().read_model(str(path)))
+
+
+def write_category_names(xml_path: str | Path, names: list[str]) -> None:
+    """Add ``names`` to a saved IR, rewriting its ``.xml``/``.bin`` in place (weights unchanged)."""
+    if not names:
+        return
+    import openvino as ov
+
+    xml_path = Path(xml_path)
+    ov_model = ov.Core().read_model(str(xml_path))
+    set_category_names(ov_model, names)
+    staged = xml_path.with_name(f".{xml_path.stem}.staged.xml")
+    ov.save_model(ov_model, staged, compress_to_fp16=False)  # an FP16 IR's weights are already half precision
+    del ov_model
+    os.replace(staged.with_suffix(".bin"), xml_path.with_suffix(".bin"))
+    os.replace(staged, xml_path)
