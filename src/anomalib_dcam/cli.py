@@ -11,6 +11,7 @@ Examples:
     anomalib-dcam benchmark --config configs/benchmark_industrial.yaml
     anomalib-dcam qat --ckpt_path model.ckpt --data MVTecAD --data.root ./datasets/MVTecAD --epochs 2
     anomalib-dcam weights install-hf-cache
+    anomalib-dcam check-data ./datasets/MVTecAD
 """
 
 import argparse
@@ -32,6 +33,7 @@ _DELEGATED_COMMANDS = {
     "demo": ("anomalib_dcam.demo", "train Dcam on an embedded texture dataset"),
     "benchmark": ("anomalib_dcam.benchmark", "compare models: quality, speed, memory, size"),
     "qat": ("anomalib_dcam.deploy.qat", "quantization-aware training to OpenVINO INT8"),
+    "check-data": ("anomalib_dcam.data.preflight", "decode every image and mask of a dataset, name every bad file"),
 }
 
 

@@ -28,6 +28,8 @@ Example:
     array(['bottle', 'cable'], dtype=object)
 """
 
+import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from tempfile import mkdtemp
@@ -44,6 +46,7 @@ from anomalib.utils.path import resolve_dataset_root
 from torchvision.transforms.v2 import Transform
 
 from anomalib_dcam._validation import coerce_choice
+from anomalib_dcam.data.preflight import BadDataError, BadFile, check_samples, drop_bad_samples, write_skipped
 
 __all__ = [
     "CATEGORY_COLUMN",
@@ -53,6 +56,11 @@ __all__ = [
     "find_categories",
     "resolve_categories",
 ]
+
+logger = logging.getLogger(__name__)
+
+BAD_FILE_MODES = ("error", "skip", "off")
+"""Values of ``MultiClassMVTec(bad_files=...)``."""
 
 CATEGORY_COLUMN = "category"
 
@@ -226,7 +234,14 @@ class MultiClassMVTecDataset(AnomalibDataset):
         self.split = split
         available = find_categories(self.root)
         self.categories = resolve_categories(self.root, categories)
-        frames = [_category_samples(self.root, category, split) for category in self.categories]
+        frames, errors = [], []
+        for category in self.categories:  # every unreadable category is reported at once, not the first only
+            try:
+                frames.append(_category_samples(self.root, category, split))
+            except ValueError as error:
+                errors.append(str(error))
+        if errors:
+            raise ValueError("\n".join(errors))
         samples = pd.concat(frames, ignore_index=True)
         # Every category must agree on the task; anomalib infers "segmentation" whenever it reads masks.
         samples.attrs["task"] = frames[0].attrs.get("task", "segmentation")
@@ -327,6 +342,10 @@ class MultiClassMVTec(AnomalibDataModule):
         val_split_ratio: Fraction of the pooled training (or test) images held out for validation.
             Defaults to ``0.2``.
         seed: Seed of the random splits; ``None`` gives a different split each run. Defaults to ``0``.
+        bad_files: Data pre-flight when the datamodule sets up (:mod:`anomalib_dcam.data.preflight`): ``"error"``
+            (the default) decodes every image and mask and stops with one error naming every bad file; ``"skip"``
+            leaves the bad samples out and writes ``skipped_files.csv`` into the run's folder; ``"off"`` trusts the
+            files.
 
     Raises:
         ValueError: If ``root`` does not exist or holds no category, if ``categories`` names a category not under
@@ -358,8 +377,14 @@ class MultiClassMVTec(AnomalibDataModule):
         val_split_mode: ValSplitMode | str = ValSplitMode.SYNTHETIC,
         val_split_ratio: float = 0.2,
         seed: int | None = 0,
+        bad_files: str = "error",
     ) -> None:
         # Fail on bad options here rather than deep inside anomalib's splitting code.
+        if bad_files not in BAD_FILE_MODES:
+            msg = f"bad_files={bad_files!r} is not accepted; use one of {', '.join(map(repr, BAD_FILE_MODES))}."
+            raise ValueError(msg)
+        self.bad_files = bad_files
+        self.skipped_files: list[BadFile] = []
         val_split_mode = coerce_choice(val_split_mode, ValSplitMode, "val_split_mode")
         test_split_mode = coerce_choice(test_split_mode, TestSplitMode, "test_split_mode")
         for option, ratio in (("val_split_ratio", val_split_ratio), ("test_split_ratio", test_split_ratio)):
@@ -401,6 +426,31 @@ class MultiClassMVTec(AnomalibDataModule):
         """
         self.train_data = MultiClassMVTecDataset(root=self.root, categories=self.categories, split=Split.TRAIN)
         self.test_data = MultiClassMVTecDataset(root=self.root, categories=self.categories, split=Split.TEST)
+        if self.bad_files != "off":
+            self._check_files()
+
+    def _check_files(self) -> None:
+        """Decode every image and mask before anything reads them (anomalib's synthetic split does, at set-up)."""
+        start = time.perf_counter()
+        samples = pd.concat([self.train_data.samples, self.test_data.samples], ignore_index=True)
+        problems = check_samples(samples, self.categories)
+        logger.info(
+            "Data pre-flight: %d images of %d categories and their masks decoded in %.1f s; %d bad file(s).",
+            len(samples),
+            len(self.categories),
+            time.perf_counter() - start,
+            len(problems),
+        )
+        if not problems:
+            return
+        if self.bad_files == "error":
+            raise BadDataError(problems, f"root={str(self.root)!r}")
+        for subset in (self.train_data, self.test_data):
+            subset.samples = drop_bad_samples(subset.samples, problems)
+        self.skipped_files = problems
+        folder = getattr(getattr(self, "trainer", None), "default_root_dir", None)
+        listed = f"; listed in {write_skipped(problems, folder)}" if folder else ""
+        logger.warning("bad_files='skip': %d bad file(s) left out%s.", len(problems), listed)
 
     def _create_val_split(self) -> None:
         """Build the validation set as anomalib does, keeping every sample's category.
