@@ -147,7 +147,8 @@ def test_cached_loss_equals_the_uncached_loss_on_the_same_batch(texture_root: Pa
             torch.testing.assert_close(loss, expected, rtol=tolerance, atol=0.0)
 
 
-@pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 0.0), ("float16", 2e-3)])
+# float16: every epoch trains on the features rounded as stored (the first one too), measured at most 3e-3 apart.
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 0.0), ("float16", 5e-3)])
 def test_cached_and_uncached_training_give_the_same_model(
     texture_root: Path,
     tmp_path: Path,

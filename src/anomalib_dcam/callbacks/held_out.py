@@ -168,6 +168,30 @@ class HeldOutNormalCheckpoint(ModelCheckpoint):
             mean_score = (totals[0] / totals[1]).float()
             pl_module.log(MONITORED_METRIC, mean_score, prog_bar=True)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the selection from a checkpoint, also when the run's folder changed.
+
+        ``anomalib train ... --ckpt_path last.ckpt`` writes into a new version folder; Lightning's checkpoint callback
+        would then forget the best score so far and select among the resumed epochs only. The best checkpoint of the
+        interrupted run stays where it is (files outside the new folder are never deleted) until a better one comes.
+        """
+        saved_dirpath = state_dict.get("dirpath", self.dirpath)
+        if saved_dirpath == self.dirpath or state_dict.get("best_model_score") is None:
+            super().load_state_dict(state_dict)
+            return
+        self.best_model_score = state_dict["best_model_score"]
+        self.best_model_path = state_dict["best_model_path"]
+        self.kth_best_model_path = state_dict.get("kth_best_model_path", self.kth_best_model_path)
+        self.kth_value = state_dict.get("kth_value", self.kth_value)
+        self.best_k_models = state_dict.get("best_k_models", self.best_k_models)
+        logger.info(
+            "Resuming the held-out selection of %s: best %s so far %.6g (%s).",
+            saved_dirpath,
+            MONITORED_METRIC,
+            float(self.best_model_score),
+            self.best_model_path,
+        )
+
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Load the selected weights back into the model, so that the test after fit uses them."""
         if not self.restore_best or not self.best_model_path:

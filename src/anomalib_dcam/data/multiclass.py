@@ -43,10 +43,12 @@ from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode, r
 from anomalib.data.utils.synthetic import ROOT as SYNTHETIC_ROOT
 from anomalib.data.utils.synthetic import SyntheticAnomalyDataset, make_synthetic_dataset
 from anomalib.utils.path import resolve_dataset_root
+from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 
 from anomalib_dcam._validation import coerce_choice
 from anomalib_dcam.data.preflight import BadDataError, BadFile, check_samples, drop_bad_samples, write_skipped
+from anomalib_dcam.data.sampler import EpochSeededRandomSampler
 
 __all__ = [
     "CATEGORY_COLUMN",
@@ -470,6 +472,23 @@ class MultiClassMVTec(AnomalibDataModule):
             # One category: anomalib's own split, every sample of that category.
             tags = [categories.get(str(path), self.categories[0]) for path in samples.image_path]
             self.val_data.samples = samples.assign(**{CATEGORY_COLUMN: tags})
+
+    def train_dataloader(self) -> DataLoader:
+        """Anomalib's training loader, with an order that depends only on ``seed`` and the epoch.
+
+        With it, ``--ckpt_path last.ckpt`` resumes with the same image order as an uninterrupted run (see
+        :class:`~anomalib_dcam.data.sampler.EpochSeededRandomSampler`); with ``seed=None`` the order follows
+        PyTorch's global random state, as in anomalib.
+        """
+        if self.seed is None:
+            return super().train_dataloader()
+        return DataLoader(
+            dataset=self.train_data,
+            sampler=EpochSeededRandomSampler(self.train_data, seed=self.seed),
+            batch_size=self.train_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.external_collate_fn or self.train_data.collate_fn,
+        )
 
     def summary(self) -> pd.DataFrame:
         """Count the images of every subset per category (after :meth:`setup`).

@@ -337,13 +337,14 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         if len(missing) == len(slots):
             features = self.model.teacher_model(images)
             cache.put(keys, features)
-            return features
+            return cache.as_stored(features)
         stored = [row for row, slot in enumerate(slots) if slot is not None]
         cached = cache.read([slots[row] for row in stored], device=images.device, dtype=torch.float32)
         if not missing:
             return cached
         computed = self.model.teacher_model(images[missing])
         cache.put([keys[row] for row in missing], computed)
+        computed = cache.as_stored(computed)
         features = {}
         for level, values in cached.items():
             merged = values.new_empty((len(slots), *values.shape[1:]))

@@ -219,6 +219,16 @@ class TeacherFeatureCache:
         index = torch.as_tensor(list(slots), dtype=torch.long)
         return {level: store[index].to(device=device, dtype=dtype) for level, store in self._store.items()}
 
+    def as_stored(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``features`` rounded as the store keeps them, so that an image trains on the same values in every epoch.
+
+        With float16 storage a freshly computed pyramid would otherwise differ from its later reads; a run resumed
+        from a checkpoint (whose cache starts empty) then trains exactly as the uninterrupted run did.
+        """
+        if self.dtype != CacheDtype.FLOAT16:
+            return features
+        return {level: values.to(torch.float16).to(values.dtype) for level, values in features.items()}
+
     def put(self, keys: Sequence[str], features: dict[str, torch.Tensor]) -> None:
         """Store the features of a batch (first dimension in the order of ``keys``) while there is room."""
         if not self._store:
