@@ -131,6 +131,31 @@ class _CategoryRecord:
     labels: list[torch.Tensor] = field(default_factory=list)
     maps: list[torch.Tensor] = field(default_factory=list)
     masks: list[torch.Tensor] = field(default_factory=list)
+    paths: list[str | None] = field(default_factory=list)
+
+    def merged_with(self, others: Sequence["_CategoryRecord"]) -> "_CategoryRecord":
+        """This record and those of the other processes, each image once (a distributed sampler repeats some)."""
+        records = [self, *others]
+        parts = [record.tensors() for record in records]
+        keep = [[] for _ in records]
+        seen: set[str] = set()
+        for index, record in enumerate(records):
+            for row, path in enumerate(record.paths):
+                if path is None or path not in seen:
+                    keep[index].append(row)
+                    seen.update([path] if path is not None else [])
+        merged = _CategoryRecord()
+        for (scores, labels, maps, masks), rows, record in zip(parts, keep, records, strict=True):
+            if scores is None or not rows:
+                continue
+            index = torch.tensor(rows)
+            merged.scores.append(scores[index])
+            merged.labels.append(labels[index])
+            merged.paths.extend(record.paths[row] for row in rows)
+            if maps is not None:
+                merged.maps.append(maps[index])
+                merged.masks.append(masks[index])
+        return merged
 
     @staticmethod
     def _cat(parts: Sequence[torch.Tensor]) -> torch.Tensor | None:
@@ -285,6 +310,7 @@ class PerCategoryMetrics(Callback):
             record = self._records.setdefault(category, _CategoryRecord())
             record.scores.append(scores[index])
             record.labels.append(labels[index])
+            record.paths.extend(None if paths[i] is None else str(paths[i]) for i in index.tolist())
             if anomaly_maps is not None:
                 record.maps.append(anomaly_maps[index])
                 record.masks.append(masks[index])
@@ -328,13 +354,30 @@ class PerCategoryMetrics(Callback):
         """Compute the report, print it and write the CSV and JSON files."""
         del pl_module
         if trainer.world_size > 1:
-            logger.warning("PerCategoryMetrics reports only the test samples seen by each process.")
+            self._gather(trainer)
         self.results = self.compute()
         self._records = {}  # free the maps
         if not self.results:
             logger.warning("PerCategoryMetrics: the test batches carried no pred_score and gt_label; no report.")
             return
         self._report(Path(self.output_dir or trainer.default_root_dir))
+
+    def _gather(self, trainer: Trainer) -> None:
+        """Collect every process's samples, so that each image counts once, as in a one-process test."""
+        gathered: list[dict[str, _CategoryRecord]] = [{} for _ in range(trainer.world_size)]
+        torch.distributed.all_gather_object(gathered, self._records)
+        own = gathered[trainer.global_rank]
+        others = [records for rank, records in enumerate(gathered) if rank != trainer.global_rank]
+        categories = dict.fromkeys(name for records in gathered for name in records)
+        self._records = {
+            name: own.get(name, _CategoryRecord()).merged_with([records[name] for records in others if name in records])
+            for name in categories
+        }
+        if any(path is None for record in self._records.values() for path in record.paths):
+            logger.warning(
+                "PerCategoryMetrics: some test batches carry no image_path, so images that the distributed sampler "
+                "repeated to even out the processes cannot be recognised and may count twice.",
+            )
 
     @rank_zero_only
     def _report(self, output_dir: Path) -> None:

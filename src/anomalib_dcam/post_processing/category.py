@@ -65,10 +65,6 @@ _CALIBRATION_BUFFERS = (
 _METRIC_FIELDS = ("pred_score", "gt_label", "anomaly_map", "gt_mask")
 
 
-def _select(values: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
-    return None if values is None else values[rows.to(values.device)]
-
-
 class CategoryInferenceBatch(NamedTuple):
     """anomalib's :class:`~anomalib.data.InferenceBatch` plus the recognised category of each image.
 
@@ -217,7 +213,7 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
             self.register_buffer(name, torch.empty(0))
         self._features: torch.Tensor | None = None
         self._val_categories: dict[str, int] = {}
-        self._category_metrics: list[dict[str, Any]] = []
+        self._category_outputs: dict[str, tuple[int, dict[str, torch.Tensor | None]]] = {}
 
     # -- configuration persisted in checkpoints ---------------------------------------------------------------------
 
@@ -367,9 +363,9 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
         )
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start one threshold and one range per category, keyed by the validation images' categories."""
+        """Start collecting each validation image's outputs under its own category."""
         del pl_module
-        self._category_metrics = []
+        self._category_outputs = {}
         if not self.is_multi_category:
             return
         from anomalib_dcam.data.multiclass import categories_by_image_path
@@ -381,15 +377,6 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
             for path, category in (categories_by_image_path(val_data) if val_data is not None else {}).items()
             if category in index_of
         }
-        self._category_metrics = [
-            {
-                "image_threshold": F1AdaptiveThreshold(fields=["pred_score", "gt_label"], strict=False),
-                "pixel_threshold": F1AdaptiveThreshold(fields=["anomaly_map", "gt_mask"], strict=False),
-                "image_range": MinMax(fields=["pred_score"], strict=False),
-                "pixel_range": MinMax(fields=["anomaly_map"], strict=False),
-            }
-            for _ in self.category_names
-        ]
 
     def on_validation_batch_end(
         self,
@@ -399,29 +386,37 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
         *args: Any,
         **kwargs: Any,
     ) -> None:
-        """Update anomalib's overall statistics and those of each image's own category."""
+        """Update anomalib's overall statistics and keep each image's outputs under its category, on the CPU."""
         super().on_validation_batch_end(trainer, pl_module, outputs, *args, **kwargs)
         self._features = None
-        if not self._category_metrics:
+        if not self.is_multi_category:
             return
-        categories = torch.tensor([self._val_categories.get(str(path), -1) for path in outputs.image_path])
-        for index, metrics in enumerate(self._category_metrics):
-            selected = (categories == index).nonzero().flatten().to(outputs.pred_score.device)
-            if not len(selected):
+        for row, path in enumerate(outputs.image_path):
+            category = self._val_categories.get(str(path))
+            if category is None:
                 continue
-            subset = SimpleNamespace(
-                **{field: _select(getattr(outputs, field, None), selected) for field in _METRIC_FIELDS},
+            values = {field: getattr(outputs, field, None) for field in _METRIC_FIELDS}
+            self._category_outputs[str(path)] = (
+                category,
+                {field: None if value is None else value[row].detach().cpu() for field, value in values.items()},
             )
-            for name, metric in metrics.items():
-                if self.enable_normalization if name.endswith("range") else self.enable_thresholding:
-                    metric.update(subset)
+
+    def _gathered_outputs(self, trainer: Trainer) -> dict[str, tuple[int, dict[str, torch.Tensor | None]]]:
+        """Every process's validation outputs, each image once (keyed by path: a distributed sampler repeats some)."""
+        world_size = getattr(trainer, "world_size", 1)
+        if world_size <= 1:
+            return self._category_outputs
+        gathered: list[dict] = [{} for _ in range(world_size)]
+        torch.distributed.all_gather_object(gathered, self._category_outputs)
+        return {path: value for outputs in gathered for path, value in outputs.items()}
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Compute anomalib's overall values, then each category's (a category without data keeps the overall)."""
         super().on_validation_epoch_end(trainer, pl_module)
-        if not self._category_metrics:
+        if not self.is_multi_category:
             return
-        values: dict[str, list[float]] = {name: [] for name in _CALIBRATION_BUFFERS}
+        outputs = self._gathered_outputs(trainer)
+        self._category_outputs = {}
         overall = {
             "category_image_threshold": self._image_threshold,
             "category_pixel_threshold": self._pixel_threshold,
@@ -430,22 +425,51 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
             "category_pixel_min": self.pixel_min,
             "category_pixel_max": self.pixel_max,
         }
-        for metrics in self._category_metrics:
-            computed: dict[str, torch.Tensor] = {}
-            for name, metric in metrics.items():
-                if not metric.update_called:
-                    continue
-                if name.endswith("threshold"):
-                    computed[f"category_{name}"] = metric.compute()
-                else:
-                    low, high = metric.compute()
-                    level = name.split("_")[0]
-                    computed[f"category_{level}_min"], computed[f"category_{level}_max"] = low, high
+        values: dict[str, list[float]] = {name: [] for name in _CALIBRATION_BUFFERS}
+        for index in range(len(self.category_names)):
+            rows = [row for category, row in outputs.values() if category == index]
+            computed = self._category_calibration(rows)
             for name in _CALIBRATION_BUFFERS:
                 values[name].append(float(computed.get(name, overall[name])))
         for name, column in values.items():
             setattr(self, name, torch.tensor(column, device=overall[name].device))
-        self._category_metrics = []
+
+    def _category_calibration(self, rows: list[dict[str, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
+        """Anomalib's thresholds and ranges of one category's validation outputs (empty without any)."""
+        if not rows:
+            return {}
+        stacked = SimpleNamespace(
+            **{
+                field: None if any(row[field] is None for row in rows) else torch.stack([row[field] for row in rows])
+                for field in _METRIC_FIELDS
+            },
+        )
+        # Every process holds all the rows already: no synchronisation (the processes could disagree on which
+        # categories they saw, and a collective call would then wait forever).
+        metrics = {
+            "image_threshold": F1AdaptiveThreshold(
+                fields=["pred_score", "gt_label"], strict=False, sync_on_compute=False
+            ),
+            "pixel_threshold": F1AdaptiveThreshold(
+                fields=["anomaly_map", "gt_mask"], strict=False, sync_on_compute=False
+            ),
+            "image_range": MinMax(fields=["pred_score"], strict=False, sync_on_compute=False),
+            "pixel_range": MinMax(fields=["anomaly_map"], strict=False, sync_on_compute=False),
+        }
+        computed: dict[str, torch.Tensor] = {}
+        for name, metric in metrics.items():
+            if not (self.enable_normalization if name.endswith("range") else self.enable_thresholding):
+                continue
+            metric.update(stacked)
+            if not metric.update_called:
+                continue
+            if name.endswith("threshold"):
+                computed[f"category_{name}"] = metric.compute()
+            else:
+                low, high = metric.compute()
+                level = name.split("_")[0]
+                computed[f"category_{level}_min"], computed[f"category_{level}_max"] = low, high
+        return computed
 
     # -- applying it ----------------------------------------------------------------------------------------------
 
