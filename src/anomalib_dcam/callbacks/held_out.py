@@ -90,6 +90,7 @@ class HeldOutNormalCheckpoint(ModelCheckpoint):
         self.restore_best = restore_best
         self._score_sum = torch.zeros((), dtype=torch.float64)
         self._image_count = 0
+        self._scores_by_path: dict[str, float] = {}
         # Anomalous validation labels are accepted only when they are synthetic anomalies of training images.
         self._synthetic_anomalies = False
 
@@ -128,6 +129,7 @@ class HeldOutNormalCheckpoint(ModelCheckpoint):
         del trainer, pl_module
         self._score_sum = torch.zeros((), dtype=torch.float64)
         self._image_count = 0
+        self._scores_by_path: dict[str, float] = {}
 
     def on_validation_batch_end(
         self,
@@ -155,15 +157,29 @@ class HeldOutNormalCheckpoint(ModelCheckpoint):
                     "(val_split_mode='synthetic' or 'from_train')."
                 )
                 raise ValueError(msg)
-            scores = scores[labels.detach().flatten().to(scores.device) == 0]
+            normal = labels.detach().flatten().to(scores.device) == 0
+            scores = scores[normal]
+            paths = getattr(source, "image_path", None)
+            paths = [path for path, keep in zip(paths, normal.tolist(), strict=True) if keep] if paths else None
+        else:
+            paths = getattr(source, "image_path", None)
+        if paths and len(paths) == scores.numel():
+            # Keyed by path: a distributed sampler repeats some images to even out the processes.
+            self._scores_by_path.update(zip(map(str, paths), scores.cpu().tolist(), strict=True))
+            return
         self._score_sum = self._score_sum + scores.sum().cpu()
         self._image_count += scores.numel()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Log the mean score over all validation images (summed over processes), for the checkpoint decision."""
+        """Log the mean score over all normal validation images, each once across processes, for the decision."""
+        by_path = self._scores_by_path
         totals = torch.stack([self._score_sum, torch.tensor(float(self._image_count), dtype=torch.float64)])
         if trainer.world_size > 1:
+            gathered: list[dict[str, float]] = [{} for _ in range(trainer.world_size)]
+            torch.distributed.all_gather_object(gathered, by_path)
+            by_path = {path: score for scores in gathered for path, score in scores.items()}
             totals = trainer.strategy.reduce(totals.to(pl_module.device), reduce_op="sum").cpu()
+        totals = totals + torch.tensor([sum(by_path.values()), float(len(by_path))], dtype=torch.float64)
         if totals[1] > 0:
             mean_score = (totals[0] / totals[1]).float()
             pl_module.log(MONITORED_METRIC, mean_score, prog_bar=True)
