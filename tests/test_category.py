@@ -3,6 +3,8 @@
 
 """One deployed model for every product: product recognition and per-category calibration, on tiny data."""
 
+import csv
+import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -27,6 +29,7 @@ from anomalib_dcam.post_processing import UNKNOWN_CATEGORY, CategoryPostProcesso
 from conftest import quiet_engine
 
 IMAGE_SIZE = 32
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "score_folder_openvino.py"
 
 
 def _texture(kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -288,6 +291,17 @@ def test_openvino_export_keeps_names_and_parity(
             assert torch.equal(from_ir.pred_category, expected.pred_category)
             named = inferencer.predict(image)
             assert named.pred_category_name == [model.post_processor.category_name(int(expected.pred_category))]
+    # The folder-scoring example names each image's product in its CSV.
+    spec = importlib.util.spec_from_file_location("score_folder_openvino", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main(["--model", str(xml_path), "--images", str(products), "--output", "scores"]) == 0
+    with (tmp_path / "scores" / "scores.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    expected_names = {"plate": "plate", "stripes": "stripes", "checker": "unknown"}
+    images = [row for row in rows if "/ground_truth/" not in row["image"]]  # the masks are scored too; skip them
+    assert len(images) == 3 * (10 + 6)
+    assert all(row["category"] == expected_names[row["image"].split("/")[0]] for row in images)
 
 
 @pytest.mark.parametrize("compression", ["FP16", "INT8_PTQ"])
