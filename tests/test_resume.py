@@ -14,7 +14,7 @@ from anomalib_dcam.callbacks import HeldOutNormalCheckpoint
 from conftest import quiet_engine
 from test_category import _datamodule, _pre_processor, make_product
 
-EPOCHS = 4
+EPOCHS = 3
 
 
 class _CrashMidEpoch(Callback):
@@ -76,7 +76,7 @@ def test_resume_from_last_checkpoint_gives_the_uninterrupted_model(
     uninterrupted: tuple[Dcam, HeldOutNormalCheckpoint],
 ) -> None:
     reference, reference_checkpoint = uninterrupted
-    _train(products, tmp_path / "first", epochs=2)
+    _train(products, tmp_path / "first", epochs=1)
     last = _checkpoints(tmp_path / "first") / "last.ckpt"
     # anomalib writes a resumed run into a new folder: the selection must carry over anyway.
     model, checkpoint = _train(products, tmp_path / "resumed", ckpt_path=last)
@@ -92,10 +92,10 @@ def test_a_run_that_dies_mid_epoch_keeps_its_checkpoints_and_resumes(
 ) -> None:
     reference, _ = uninterrupted
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _train(products, tmp_path / "crashed", crash_at=2)
+        _train(products, tmp_path / "crashed", crash_at=1)
     folder = _checkpoints(tmp_path / "crashed")
-    assert (folder / "last.ckpt").is_file()  # the end of epoch 1
+    assert (folder / "last.ckpt").is_file()  # the end of epoch 0
     assert any(path.name != "last.ckpt" for path in folder.glob("*.ckpt"))  # the best so far
-    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 1
+    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 0
     model, _ = _train(products, tmp_path / "resumed", ckpt_path=folder / "last.ckpt")
     _assert_same_model(model, reference)
