@@ -155,9 +155,9 @@ def _validation_trainer(paths: list[str], categories: list[str]) -> SimpleNamesp
     return SimpleNamespace(datamodule=SimpleNamespace(val_data=SimpleNamespace(samples=samples)))
 
 
-def _calibrated(scale: dict[str, float]) -> tuple[CategoryPostProcessor, torch.Tensor]:
+def _calibrated(scale: dict[str, float], **options: float) -> tuple[CategoryPostProcessor, torch.Tensor]:
     """A post-processor fitted on two products whose features are unit vectors, validated with scaled scores."""
-    post_processor = CategoryPostProcessor()
+    post_processor = CategoryPostProcessor(**options)
     features = torch.eye(2).repeat_interleave(4, dim=0)
     post_processor.recognizer.fit(features, torch.tensor([0] * 4 + [1] * 4), 2)
     post_processor.category_names = ["a", "b"]
@@ -185,6 +185,13 @@ def test_thresholds_follow_each_category_scale() -> None:
     assert thresholds[1] == pytest.approx(10 * thresholds[0])
     assert 0.2 <= thresholds[0] <= 0.6  # between the category's normals and anomalies
     assert post_processor.category_pixel_max.tolist() == pytest.approx([0.7, 7.0])
+
+
+def test_a_false_alarm_budget_sets_the_threshold_from_the_normals() -> None:
+    post_processor, _ = _calibrated({"a": 1.0, "b": 10.0}, normal_quantile=1.0)
+    assert post_processor.category_image_threshold.tolist() == pytest.approx([0.2, 2.0])  # the largest normal
+    with pytest.raises(ValueError, match=r"normal_quantile=1.5 is not accepted"):
+        CategoryPostProcessor(normal_quantile=1.5)
 
 
 def test_per_category_calibration_restores_the_pooled_ranking() -> None:

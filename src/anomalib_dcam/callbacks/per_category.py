@@ -110,16 +110,19 @@ def compute_anomaly_metrics(
     if pred_scores.numel() and _has_both_classes(labels):
         scores = _to_unit_interval(pred_scores.flatten())
         fields = ["preds", "target"]
-        results["image_AUROC"] = _metric_value(AUROC(fields=fields), scores, labels)
-        results["image_F1Max"] = _metric_value(F1Max(fields=fields), scores, labels)
+        # Local metrics: under DDP the samples are gathered first (PerCategoryMetrics), so no process syncs again.
+        results["image_AUROC"] = _metric_value(AUROC(fields=fields, sync_on_compute=False), scores, labels)
+        results["image_F1Max"] = _metric_value(F1Max(fields=fields, sync_on_compute=False), scores, labels)
     if anomaly_maps is not None and gt_masks is not None and anomaly_maps.numel():
         masks = (gt_masks > 0).to(torch.uint8)
         if _has_both_classes(masks):
             maps = _to_unit_interval(anomaly_maps)
             fields = ["preds", "target"]
             # validate_args=False skips torchmetrics' per-pixel value checks, which cost more than the metric.
-            results["pixel_AUROC"] = _metric_value(AUROC(fields=fields, validate_args=False), maps, masks)
-            results["pixel_AUPRO"] = _metric_value(AUPRO(fields=fields, fpr_limit=fpr_limit), maps, masks)
+            pixel_auroc = AUROC(fields=fields, validate_args=False, sync_on_compute=False)
+            results["pixel_AUROC"] = _metric_value(pixel_auroc, maps, masks)
+            pixel_aupro = AUPRO(fields=fields, fpr_limit=fpr_limit, sync_on_compute=False)
+            results["pixel_AUPRO"] = _metric_value(pixel_aupro, maps, masks)
     return results
 
 

@@ -449,6 +449,14 @@ class MultiClassMVTec(AnomalibDataModule):
             raise BadDataError(problems, f"root={str(self.root)!r}")
         for subset in (self.train_data, self.test_data):
             subset.samples = drop_bad_samples(subset.samples, problems)
+        emptied = [
+            BadFile(category, f"every {name} image of the category is bad")
+            for category in self.categories
+            for name, subset in (("training", self.train_data), ("test", self.test_data))
+            if not (subset.samples[CATEGORY_COLUMN] == category).any()
+        ]
+        if emptied:
+            raise BadDataError([*problems, *emptied], f"root={str(self.root)!r}")
         self.skipped_files = problems
         folder = getattr(getattr(self, "trainer", None), "default_root_dir", None)
         listed = f"; listed in {write_skipped(problems, folder)}" if folder else ""

@@ -19,6 +19,16 @@ if TYPE_CHECKING:
 RT_INFO_PATH = ["anomalib_dcam", "category_names"]
 """Where the category names live in an IR's ``rt_info``."""
 
+UNKNOWN_CATEGORY_NAME = "unknown"
+"""Name printed for ``pred_category == -1``: an image of none of the model's products."""
+
+
+def category_name(index: int, names: list[str]) -> str:
+    """Name of a ``pred_category`` value: ``"unknown"`` for -1, the index itself when the file holds no names."""
+    if index < 0:
+        return UNKNOWN_CATEGORY_NAME
+    return names[index] if index < len(names) else str(index)
+
 
 def model_category_names(model: Any) -> list[str]:
     """Category names of a model whose post-processor recognises several categories; empty otherwise."""

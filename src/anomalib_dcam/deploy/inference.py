@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 from anomalib.data import NumpyImageBatch
 from anomalib.deploy import OpenVINOInferencer
 
-from anomalib_dcam.deploy.categories import read_category_names_from_file
-from anomalib_dcam.post_processing.category import UNKNOWN_CATEGORY_NAME
+from anomalib_dcam.deploy.categories import category_name, read_category_names_from_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -183,7 +182,6 @@ class CategoryOpenVINOInferencer(OpenVINOInferencer):
         if self._category is not None:
             batch.pred_category = self._category
             batch.pred_category_name = [
-                self.category_names[index] if 0 <= index < len(self.category_names) else UNKNOWN_CATEGORY_NAME
-                for index in self._category.reshape(-1).tolist()
+                category_name(index, self.category_names) for index in self._category.reshape(-1).tolist()
             ]
         return batch

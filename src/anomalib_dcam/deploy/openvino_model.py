@@ -37,9 +37,9 @@ from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Resize
 
-from anomalib_dcam.deploy.categories import read_category_names_from_file
+from anomalib_dcam.deploy.categories import category_name, read_category_names_from_file
 from anomalib_dcam.deploy.inference import compile_openvino, static_input_size
-from anomalib_dcam.post_processing.category import UNKNOWN_CATEGORY_NAME, CategoryInferenceBatch
+from anomalib_dcam.post_processing.category import CategoryInferenceBatch
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -216,7 +216,7 @@ class OpenVINOModel(AnomalibModule):
 
     def category_name(self, index: int) -> str:
         """Name of a ``pred_category`` value, from the names stored in the IR."""
-        return self.category_names[index] if 0 <= index < len(self.category_names) else UNKNOWN_CATEGORY_NAME
+        return category_name(index, self.category_names)
 
     def configure_optimizers(self) -> None:
         """No optimiser: there is nothing to train."""

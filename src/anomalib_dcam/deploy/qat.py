@@ -37,6 +37,7 @@ from anomalib.data import AnomalibDataModule
 from torch import nn
 
 from anomalib_dcam._validation import check_positive, coerce_choice
+from anomalib_dcam.deploy.categories import model_category_names, set_category_names
 
 from .calibration import CalibrationDataModule, CalibrationSource, build_calibration_datamodule
 from .quantization import _batch_images, _quiet_nncf, pre_processor_stats
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["QuantizeScope", "export_qat_openvino", "fine_tune", "main", "prepare_qat", "run_qat"]
 
-_OUTPUT_ORDER = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
+_OUTPUT_ORDER = ("pred_score", "pred_label", "anomaly_map", "pred_mask", "pred_category")
 _EXTENSION_TIMEOUT_VARIABLE = "NNCF_EXTENSION_LOAD_TIMEOUT"
 
 
@@ -113,6 +114,9 @@ def prepare_qat(
         model.model.student_model = nncf.quantize(model.model.student_model, dataset, subset_size=len(loader))
         if scope == QuantizeScope.ALL:
             model.model.teacher_model = nncf.quantize(model.model.teacher_model, dataset, subset_size=len(loader))
+            bind = getattr(model.post_processor, "bind", None)
+            if bind is not None:  # the product recognition reads the (now quantized) teacher
+                bind(model)
     for parameter in model.model.teacher_model.parameters():
         parameter.requires_grad = False
     return model
@@ -219,6 +223,7 @@ def export_qat_openvino(
         ov_model = ov.convert_model(_InferenceGraph(model, names), example_input=example, input=[-1, 3, height, width])
     _name_ports(ov_model, names)
     xml_path = create_export_root(export_root, ExportType.OPENVINO) / f"{model_file_name}.xml"
+    set_category_names(ov_model, model_category_names(model))
     ov.save_model(ov_model, xml_path, compress_to_fp16=False)
     return xml_path
 

@@ -38,14 +38,13 @@ from torch.nn import functional
 from torch.utils.data import DataLoader
 
 from anomalib_dcam._validation import check_positive
+from anomalib_dcam.deploy.categories import UNKNOWN_CATEGORY_NAME
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN_CATEGORY = -1
 """``pred_category`` of an image that is farther from every category's prototype than that category's limit."""
 
-UNKNOWN_CATEGORY_NAME = "unknown"
-"""Name printed for :data:`UNKNOWN_CATEGORY`."""
 
 UNKNOWN_SEPARATION_FRACTION = 0.25
 """Smallest unknown-product limit, as a fraction of the distance to the nearest other category's prototype."""
@@ -101,7 +100,8 @@ class CategoryRecognizer(DynamicBufferMixin, nn.Module):
     Args:
         unknown_margin: An image is unknown when its cosine distance to the nearest prototype exceeds
             ``unknown_margin`` times the largest distance seen among that category's training normals, and also
-            :data:`UNKNOWN_SEPARATION_FRACTION` of the distance from that prototype to the nearest other one.
+            :data:`UNKNOWN_SEPARATION_FRACTION` of the distance from that prototype to the nearest other one. The
+            limits are fixed when the prototypes are fitted (at the start of training).
     """
 
     def __init__(self, unknown_margin: float = 2.0) -> None:
@@ -131,7 +131,10 @@ class CategoryRecognizer(DynamicBufferMixin, nn.Module):
         counts = torch.bincount(categories, minlength=num_categories)
         if (counts == 0).any():
             missing = (counts == 0).nonzero().flatten().tolist()
-            msg = f"category recognition needs training images of every category; categories {missing} have none."
+            msg = (
+                f"category recognition needs training images of every category; categories number {missing} have "
+                "none (check the dataset's train/good folders, or bad_files='skip' leaving a category empty)."
+            )
             raise ValueError(msg)
         sums = torch.zeros(num_categories, features.shape[1], dtype=features.dtype).index_add_(0, categories, features)
         prototypes = functional.normalize(sums, dim=1)
@@ -180,9 +183,13 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
             describes the product; ``None`` tries ``model.teacher_model``, ``model.teacher`` and
             ``model.feature_extractor``.
         category_calibration: ``False`` applies anomalib's single threshold and range to every category (the
-            category is still recognised and returned). Defaults to ``True``.
+            category is still recognised and returned). A deploy-time switch, not saved in checkpoints. Defaults to
+            ``True``.
         recognize_single_category: Also recognise the product for a model trained on one category, so that other
             products are flagged unknown. ``False`` (the default) keeps a one-category model exactly anomalib's.
+        normal_quantile: When set (e.g. ``0.99``), each category's image threshold is this quantile of its held-out
+            normal validation scores (a false-alarm budget) instead of anomalib's F1-optimal threshold over its
+            normals and synthetic anomalies. ``None`` (the default) keeps anomalib's threshold.
         known_category: Name of the product every image shows, when the line knows it: its calibration is applied
             without recognition (nothing is flagged unknown). Not saved in checkpoints; ``None`` (the default)
             recognises each image.
@@ -200,6 +207,7 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
         category_calibration: bool = True,
         recognize_single_category: bool = False,
         known_category: str | None = None,
+        normal_quantile: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -208,6 +216,10 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
         self.category_calibration = bool(category_calibration)
         self.recognize_single_category = bool(recognize_single_category)
         self.known_category = known_category
+        if normal_quantile is not None and not 0 < normal_quantile <= 1:
+            msg = f"normal_quantile={normal_quantile!r} is not accepted; use a number in (0, 1], e.g. 0.99, or None."
+            raise ValueError(msg)
+        self.normal_quantile = normal_quantile
         self.category_names: list[str] = []
         for name in _CALIBRATION_BUFFERS:
             self.register_buffer(name, torch.empty(0))
@@ -222,8 +234,8 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
         return (
             *super()._checkpoint_config_keys,
             "feature_module",
-            "category_calibration",
             "recognize_single_category",
+            "normal_quantile",
             "category_names",
         )
 
@@ -301,7 +313,8 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
 
     def _keep_features(self, module: nn.Module, inputs: Any, output: Any) -> None:
         del module, inputs
-        self._features = pooled_features(output)
+        if self.is_multi_category:  # a one-category model's graph stays exactly anomalib's
+            self._features = pooled_features(output)
 
     def _take_features(self) -> torch.Tensor:
         features, self._features = self._features, None
@@ -351,6 +364,14 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
                 images = batch.image.to(pl_module.device)
                 images = transform(images) if transform else images
                 features.append(pooled_features(module(images)).cpu())
+                unknown = [str(path) for path in batch.image_path if category_of.get(str(path)) not in index_of]
+                if unknown:
+                    msg = (
+                        f"CategoryPostProcessor: training image {unknown[0]} has no category among "
+                        f"datamodule.categories={names}; train on a datamodule whose samples have a 'category' "
+                        "column (anomalib_dcam.data.MultiClassMVTec)."
+                    )
+                    raise ValueError(msg)
                 categories.extend(index_of[category_of[str(path)]] for path in batch.image_path)
         self._features = None
         self.recognizer.fit(torch.cat(features), torch.tensor(categories), len(names))
@@ -398,7 +419,10 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
             values = {field: getattr(outputs, field, None) for field in _METRIC_FIELDS}
             self._category_outputs[str(path)] = (
                 category,
-                {field: None if value is None else value[row].detach().cpu() for field, value in values.items()},
+                {
+                    field: None if value is None else value[row].detach().cpu().clone()
+                    for field, value in values.items()
+                },
             )
 
     def _gathered_outputs(self, trainer: Trainer) -> dict[str, tuple[int, dict[str, torch.Tensor | None]]]:
@@ -469,6 +493,18 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
                 low, high = metric.compute()
                 level = name.split("_")[0]
                 computed[f"category_{level}_min"], computed[f"category_{level}_max"] = low, high
+        normal_scores = (
+            stacked.pred_score.flatten()[stacked.gt_label.flatten() == 0] if stacked.gt_label is not None else None
+        )
+        if (
+            self.normal_quantile is not None
+            and self.enable_thresholding
+            and normal_scores is not None
+            and normal_scores.numel()
+        ):
+            # A false-alarm budget on the held-out normals, for when the synthetic anomalies are too faint to place
+            # an F1-optimal threshold (it then falls to the lowest score and every image is flagged).
+            computed["category_image_threshold"] = torch.quantile(normal_scores.float(), self.normal_quantile)
         return computed
 
     # -- applying it ----------------------------------------------------------------------------------------------
