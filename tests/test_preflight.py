@@ -70,8 +70,14 @@ def test_missing_masks_are_named_for_every_category(tmp_path: Path) -> None:
     make_category(root, "b", seed=1)
     for category in ("a", "b"):
         (root / category / "ground_truth" / "square" / "000_mask.png").unlink()
-    with pytest.raises(ValueError, match=r"(?s)'a' has defect images without a mask.*000.png.*'b' has defect"):
+    truncated = root / "b" / "train" / "good" / "002.png"
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    # Every missing mask and every file that does not decode, in one error.
+    with pytest.raises(
+        ValueError, match=r"(?s)'a' has defect images without a mask.*000.png.*'b' has defect"
+    ) as raised:
         MultiClassMVTec(root=root, categories=["a", "b"], num_workers=0).setup()
+    assert f"{truncated}: does not decode" in str(raised.value)
 
 
 def test_bad_files_option_is_checked(tmp_path: Path) -> None:

@@ -47,7 +47,14 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 
 from anomalib_dcam._validation import coerce_choice
-from anomalib_dcam.data.preflight import BadDataError, BadFile, check_samples, drop_bad_samples, write_skipped
+from anomalib_dcam.data.preflight import (
+    BadDataError,
+    BadFile,
+    check_samples,
+    drop_bad_samples,
+    image_samples,
+    write_skipped,
+)
 from anomalib_dcam.data.sampler import EpochSeededRandomSampler
 
 __all__ = [
@@ -426,7 +433,22 @@ class MultiClassMVTec(AnomalibDataModule):
 
         anomalib's base class then builds the validation set from these (``val_split_mode``).
         """
-        self.train_data = MultiClassMVTecDataset(root=self.root, categories=self.categories, split=Split.TRAIN)
+        try:
+            self.train_data = MultiClassMVTecDataset(root=self.root, categories=self.categories, split=Split.TRAIN)
+        except ValueError as error:
+            if self.bad_files == "off":
+                raise
+            # A category anomalib cannot read (e.g. masks missing): name its undecodable files in the same error.
+            undecodable = [
+                problem
+                for category in self.categories
+                for problem in check_samples(image_samples(self.root / category))
+            ]
+            if not undecodable:
+                raise
+            listed = "\n".join(f"  {bad.path}: {bad.reason}" for bad in undecodable)
+            msg = f"{error}\nand {len(undecodable)} file(s) that do not decode:\n{listed}"
+            raise ValueError(msg) from error
         self.test_data = MultiClassMVTecDataset(root=self.root, categories=self.categories, split=Split.TEST)
         if self.bad_files != "off":
             self._check_files()
