@@ -70,6 +70,13 @@ def _to_unit_interval(values: torch.Tensor) -> torch.Tensor:
     return (values - low) / (high - low)
 
 
+def _local(metric: Any) -> Any:
+    """Turn off a torchmetrics metric's synchronisation across processes (for options its constructor lacks)."""
+    metric.sync_on_compute = False
+    metric._to_sync = False  # torchmetrics reads this flag (set from sync_on_compute at init) in compute
+    return metric
+
+
 def _has_both_classes(target: torch.Tensor) -> bool:
     return bool(target.any()) and not bool(target.all())
 
@@ -121,7 +128,7 @@ def compute_anomaly_metrics(
             # validate_args=False skips torchmetrics' per-pixel value checks, which cost more than the metric.
             pixel_auroc = AUROC(fields=fields, validate_args=False, sync_on_compute=False)
             results["pixel_AUROC"] = _metric_value(pixel_auroc, maps, masks)
-            pixel_aupro = AUPRO(fields=fields, fpr_limit=fpr_limit, sync_on_compute=False)
+            pixel_aupro = _local(AUPRO(fields=fields, fpr_limit=fpr_limit))  # AUPRO takes no sync_on_compute
             results["pixel_AUPRO"] = _metric_value(pixel_aupro, maps, masks)
     return results
 
