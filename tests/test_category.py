@@ -102,15 +102,19 @@ def trained(products: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[D
     return model, root
 
 
+def _images(root: Path, category: str, subset: str = "test") -> list[torch.Tensor]:
+    """Every image of one category's ``subset`` as a ``(1, 3, 64, 64)`` float batch in ``[0, 1]``."""
+    resize = Resize((64, 64), antialias=True)
+    return [
+        resize(torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255)
+        for path in sorted((root / category / subset).rglob("*.png"))
+    ]
+
+
 def _score(model: torch.nn.Module, root: Path, category: str, subset: str = "test") -> list:
     """Run the deployed (exported) forward pass on every image of one category's ``subset``."""
-    transform = Compose([Resize((64, 64), antialias=True)])
-    outputs = []
-    for path in sorted((root / category / subset).rglob("*.png")):
-        image = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
-        with torch.no_grad():
-            outputs.append(model(transform(image)))
-    return outputs
+    with torch.no_grad():
+        return [model(image) for image in _images(root, category, subset)]
 
 
 def test_products_are_recognised_and_carry_their_names(trained: tuple[Dcam, Path], products: Path) -> None:
@@ -286,9 +290,7 @@ def test_openvino_export_keeps_names_and_parity(
     ir_model = OpenVINOModel(xml_path, visualizer=False)
     inferencer = openvino_inferencer(xml_path)
     for category in ("plate", "stripes", "checker"):
-        for path in sorted((products / category / "test").rglob("*.png")):
-            image = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
-            image = Resize((64, 64), antialias=True)(image)
+        for image in _images(products, category):
             with torch.no_grad():
                 expected = model(image)
             results = {next(iter(output.names)): value for output, value in compiled(image.numpy()).items()}
@@ -335,9 +337,7 @@ def test_compressed_ir_recognises_the_same_products(
     ir_model = OpenVINOModel(xml_path, visualizer=False)
     assert ir_model.category_names == ["plate", "stripes"]
     for category in ("plate", "stripes", "checker"):
-        for path in sorted((products / category / "test").rglob("*.png")):
-            image = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
-            image = Resize((64, 64), antialias=True)(image)
+        for image in _images(products, category):
             with torch.no_grad():
                 expected = model(image).pred_category
             assert torch.equal(ir_model.model(image).pred_category, expected)

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from anomalib.data.utils.image import is_image_file
 from PIL import Image, UnidentifiedImageError
-
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ def drop_bad_samples(samples: pd.DataFrame, bad_files: Sequence[BadFile]) -> pd.
 
 def image_samples(folder: str | Path) -> pd.DataFrame:
     """A sample table of every image under ``folder`` (anomalib's ``Folder`` layout), for :func:`check_samples`."""
-    paths = sorted(str(path) for path in Path(folder).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(str(path) for path in Path(folder).rglob("*") if is_image_file(path))  # what Folder reads
     return pd.DataFrame({"image_path": paths, "label_index": 0, "split": ""})
 
 

@@ -38,7 +38,7 @@ from torch.nn import functional
 from torch.utils.data import DataLoader
 
 from anomalib_dcam._validation import check_positive
-from anomalib_dcam.deploy.categories import UNKNOWN_CATEGORY_NAME
+from anomalib_dcam.deploy.categories import category_name
 
 logger = logging.getLogger(__name__)
 
@@ -274,10 +274,8 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
         return self.category_names.index(self.known_category)
 
     def category_name(self, index: int) -> str:
-        """Name of a ``pred_category`` value."""
-        if index == UNKNOWN_CATEGORY or not 0 <= index < len(self.category_names):
-            return UNKNOWN_CATEGORY_NAME
-        return self.category_names[index]
+        """Name of a ``pred_category`` value (see :func:`anomalib_dcam.deploy.categories.category_name`)."""
+        return category_name(index, self.category_names)
 
     # -- the feature hook ------------------------------------------------------------------------------------------
 
