@@ -1,0 +1,169 @@
+# Copyright (C) 2026 The anomalib-dcam authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""How the image score is read from the anomaly map: re-score trained unified models without training again.
+
+Every model trained by ``benchmarks/unified.py`` keeps its selected checkpoint under
+``<output>/<data>_e<epochs>_s<seed>/<run>_unified/``. This script loads the teacher and student of each requested run
+and seed, runs them once over the test set and derives the image score of every image in several ways:
+
+- ``max``: the maximum of the product map (what Dcam and Stfpm ship; reproduces the recorded image AUROC);
+- ``top1%`` and ``top0.1%``: the mean of the highest 1 % / 0.1 % of the map's pixels;
+- ``blur4_max``: the maximum after a Gaussian blur with sigma 4 px (``anomaly_map_sigma=4``);
+- ``sum_max``: the maximum of the sum of the per-level maps (``anomaly_map_combine="sum"``).
+
+All of them are inference-only: they change no weight and need no retraining. Image AUROC and F1Max are reported per
+category and as the mean over categories, for each readout, as mean ± std over seeds with the per-seed paired
+difference to ``max``. Each (run, seed) writes a small JSON record into ``<records>/<folder>/<run>.json`` and is
+skipped when that record exists, so the study can grow as more models are trained.
+
+Example:
+    python benchmarks/image_score.py --seeds 0 1 2 --runs dcam dcam_denoise_p0.5 stfpm_lr0.1
+"""
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+from dcam_vs_stfpm import build_model
+
+READOUTS = ("max", "top1%", "top0.1%", "blur4_max", "sum_max")
+METRICS = ("image_AUROC", "image_F1Max")
+
+
+def _top_fraction_mean(maps, fraction: float):
+    """Mean of the highest ``fraction`` of each map's pixels, shape ``(N,)``."""
+    flat = maps.flatten(1)
+    count = max(1, round(fraction * flat.shape[1]))
+    return flat.topk(count, dim=1).values.mean(dim=1)
+
+
+def score_images(model, dataloader) -> dict:
+    """Run teacher and student over ``dataloader``; return image paths, labels and every readout's scores."""
+    import torch
+    from anomalib.models.components import GaussianBlur2d
+
+    from anomalib_dcam.models.dcam.anomaly_map import AnomalyMapGenerator
+
+    blur = GaussianBlur2d(kernel_size=(33, 33), sigma=(4.0, 4.0))
+    torch_model = model.model.eval()
+    out = {"image_path": [], "gt_label": [], **{readout: [] for readout in READOUTS}}
+    with torch.inference_mode():
+        for batch in dataloader:
+            images = model.pre_processor.transform(batch.image) if model.pre_processor.transform else batch.image
+            teacher = torch_model.teacher_model(images)
+            student = torch_model.student_model(images)
+            layer_maps = [
+                AnomalyMapGenerator.compute_layer_map(teacher[level], student[level], images.shape[-2:])
+                for level in teacher
+            ]
+            product = torch.stack(layer_maps).prod(dim=0)
+            total = torch.stack(layer_maps).sum(dim=0)
+            out["max"] += product.amax(dim=(-2, -1)).flatten().tolist()
+            out["top1%"] += _top_fraction_mean(product, 0.01).tolist()
+            out["top0.1%"] += _top_fraction_mean(product, 0.001).tolist()
+            out["blur4_max"] += blur(product).amax(dim=(-2, -1)).flatten().tolist()
+            out["sum_max"] += total.amax(dim=(-2, -1)).flatten().tolist()
+            out["image_path"] += [str(path) for path in batch.image_path]
+            out["gt_label"] += batch.gt_label.int().flatten().tolist()
+    return out
+
+
+def rescore(run: str, checkpoint: Path, root: Path, categories: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Image metrics of every readout, by category and ``mean``, for one trained model."""
+    import torch
+    from torchvision.transforms.v2 import Resize
+
+    from anomalib_dcam.callbacks.per_category import compute_anomaly_metrics
+    from anomalib_dcam.data import MultiClassMVTec
+    from anomalib_dcam.data.multiclass import categories_by_image_path
+
+    model = build_model(run)
+    with torch.serialization.safe_globals(list(model.checkpoint_safe_globals())):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
+    model.model.load_state_dict(weights)
+    # Without a trainer the datamodule does not copy the model's resize; images of different sizes must not be
+    # collated, so resize as training did (the pre-processor's resize is then a no-op before it normalises).
+    image_size = next(t.size for t in model.pre_processor.transform.transforms if isinstance(t, Resize))
+    datamodule = MultiClassMVTec(
+        root=root, categories=categories, eval_batch_size=32, num_workers=0, test_augmentations=Resize(image_size)
+    )
+    datamodule.setup("test")
+    scores = score_images(model, datamodule.test_dataloader())
+    category_of = categories_by_image_path(datamodule.test_data)
+    by_readout: dict[str, dict[str, dict[str, float]]] = {}
+    for readout in READOUTS:
+        values, labels = torch.tensor(scores[readout]), torch.tensor(scores["gt_label"])
+        rows = {}
+        for category in categories:
+            index = torch.tensor([category_of[path] == category for path in scores["image_path"]])
+            metrics = compute_anomaly_metrics(values[index], labels[index])
+            rows[category] = {metric: metrics[metric] for metric in METRICS}
+        rows["mean"] = {metric: statistics.fmean(rows[c][metric] for c in categories) for metric in METRICS}
+        by_readout[readout] = rows
+    return by_readout
+
+
+def main() -> None:
+    """Re-score the requested runs and seeds and print a Markdown table per run."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=Path("../shared/data/industrial"))
+    parser.add_argument("--categories", nargs="+", default=["bottle", "magnetic_tile"])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--runs", nargs="+", default=["dcam", "dcam_denoise_p0.5", "stfpm_lr0.1"])
+    parser.add_argument("--output", type=Path, default=Path("results/unified"))
+    parser.add_argument("--records", type=Path, default=Path(__file__).parent / "records" / "image_score")
+    args = parser.parse_args()
+    cache = args.output / "hf-cache"
+    os.environ["HF_HUB_CACHE"] = str(cache.resolve())  # before huggingface_hub is imported
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from anomalib_dcam.weights import install_hf_cache
+
+    install_hf_cache(cache)
+
+    results: dict[str, dict[int, dict]] = {}
+    for run in args.runs:
+        for seed in args.seeds:
+            folder = f"{'+'.join(args.categories)}_e{args.epochs}_s{seed}"
+            record = args.records / folder / f"{run}.json"
+            if record.is_file():
+                results.setdefault(run, {})[seed] = json.loads(record.read_text())
+                continue
+            checkpoints = sorted((args.output / folder / f"{run}_unified").rglob("model.ckpt"))
+            if len(checkpoints) != 1:
+                print(
+                    f"[skip] {run} seed {seed}: expected one model.ckpt under {args.output / folder}, "
+                    f"found {len(checkpoints)}",
+                    flush=True,
+                )
+                continue
+            print(f"[score] {run} seed {seed}: {checkpoints[0]}", flush=True)
+            by_readout = rescore(run, checkpoints[0], args.root, args.categories)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps(by_readout, indent=2))
+            results.setdefault(run, {})[seed] = by_readout
+
+    for run, seeds in results.items():
+        for metric in METRICS:
+            print(f"\n{run}, {metric}, seeds {sorted(seeds)}\n")
+            print("| readout | " + " | ".join([*args.categories, "mean"]) + " | paired Δ mean vs max (per seed) |")
+            print("|---" * (len(args.categories) + 3) + "|")
+            for readout in READOUTS:
+                cells = []
+                for category in [*args.categories, "mean"]:
+                    values = [seeds[s][readout][category][metric] for s in sorted(seeds)]
+                    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                    cells.append(f"{statistics.fmean(values):.3f} ± {spread:.3f}")
+                deltas = [
+                    100 * (seeds[s][readout]["mean"][metric] - seeds[s]["max"]["mean"][metric]) for s in sorted(seeds)
+                ]
+                paired = f"{statistics.fmean(deltas):+.1f} (" + ", ".join(f"{d:+.1f}" for d in deltas) + ")"
+                print(f"| {readout} | " + " | ".join(cells) + f" | {paired} |")
+
+
+if __name__ == "__main__":
+    main()
