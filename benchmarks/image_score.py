@@ -8,7 +8,8 @@ Every model trained by ``benchmarks/unified.py`` keeps its selected checkpoint u
 and seed, runs them once over the test set and derives the image score of every image in several ways:
 
 - ``max``: the maximum of the product map (what Dcam and Stfpm ship; reproduces the recorded image AUROC);
-- ``top1%`` and ``top0.1%``: the mean of the highest 1 % / 0.1 % of the map's pixels;
+- ``top1%`` and ``top0.1%``: the mean of the highest 1 % / 0.1 % of the map's pixels (Dcam's
+  ``image_score_top_fraction=0.01`` / ``0.001``);
 - ``blur4_max``: the maximum after a Gaussian blur with sigma 4 px (``anomaly_map_sigma=4``);
 - ``sum_max``: the maximum of the sum of the per-level maps (``anomaly_map_combine="sum"``).
 
@@ -33,20 +34,14 @@ READOUTS = ("max", "top1%", "top0.1%", "blur4_max", "sum_max")
 METRICS = ("image_AUROC", "image_F1Max")
 
 
-def _top_fraction_mean(maps, fraction: float):
-    """Mean of the highest ``fraction`` of each map's pixels, shape ``(N,)``."""
-    flat = maps.flatten(1)
-    count = max(1, round(fraction * flat.shape[1]))
-    return flat.topk(count, dim=1).values.mean(dim=1)
-
-
 def score_images(model, dataloader) -> dict:
     """Run teacher and student over ``dataloader``; return image paths, labels and every readout's scores."""
     import torch
     from anomalib.models.components import GaussianBlur2d
 
-    from anomalib_dcam.models.dcam.anomaly_map import AnomalyMapGenerator
+    from anomalib_dcam.models.dcam import AnomalyMapGenerator, ImageScore
 
+    top1, top01 = ImageScore(top_fraction=0.01), ImageScore(top_fraction=0.001)
     blur = GaussianBlur2d(kernel_size=(33, 33), sigma=(4.0, 4.0))
     torch_model = model.model.eval()
     out = {"image_path": [], "gt_label": [], **{readout: [] for readout in READOUTS}}
@@ -62,8 +57,8 @@ def score_images(model, dataloader) -> dict:
             product = torch.stack(layer_maps).prod(dim=0)
             total = torch.stack(layer_maps).sum(dim=0)
             out["max"] += product.amax(dim=(-2, -1)).flatten().tolist()
-            out["top1%"] += _top_fraction_mean(product, 0.01).tolist()
-            out["top0.1%"] += _top_fraction_mean(product, 0.001).tolist()
+            out["top1%"] += top1(product).flatten().tolist()
+            out["top0.1%"] += top01(product).flatten().tolist()
             out["blur4_max"] += blur(product).amax(dim=(-2, -1)).flatten().tolist()
             out["sum_max"] += total.amax(dim=(-2, -1)).flatten().tolist()
             out["image_path"] += [str(path) for path in batch.image_path]

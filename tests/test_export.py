@@ -3,6 +3,7 @@
 
 """Export to TORCH, ONNX and OpenVINO: parity with eager torch and no attention in the exported model."""
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
 from anomalib_dcam import Dcam
+from anomalib_dcam.models.dcam import ImageScore
 
 IMAGE_SIZE = 64
 
@@ -104,3 +106,20 @@ def test_openvino_f32_matches_eager_torch(trained_dcam: Dcam, test_images: torch
         assert np.allclose(outputs["anomaly_map"], eager.anomaly_map[index : index + 1].numpy(), atol=1e-4)
     # Scores must differ between images, or the comparison would prove nothing.
     assert eager.pred_score.std() > 1e-3
+
+
+def test_openvino_parity_with_the_top_pixel_image_score(
+    trained_dcam: Dcam, test_images: torch.Tensor, tmp_path: Path
+) -> None:
+    model = copy.deepcopy(trained_dcam)
+    model.model.image_score = ImageScore(top_fraction=0.01)
+    xml = model.to_openvino(tmp_path, input_size=(IMAGE_SIZE, IMAGE_SIZE))
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    with torch.no_grad():
+        eager = model(test_images)
+        maximum = trained_dcam(test_images)
+    assert not torch.allclose(eager.pred_score, maximum.pred_score)  # the readout really changed
+    for index in range(test_images.shape[0]):
+        result = compiled(test_images[index : index + 1].numpy())
+        outputs = {output.get_any_name(): value for output, value in result.items()}
+        assert np.allclose(outputs["pred_score"].ravel(), eager.pred_score[index].numpy().ravel(), atol=1e-4)

@@ -12,7 +12,7 @@ from anomalib.models.components import TimmFeatureExtractor
 from anomalib.models.image import Stfpm
 
 from anomalib_dcam import Dcam
-from anomalib_dcam.models.dcam import DcamModel, DcamTrainOutput
+from anomalib_dcam.models.dcam import DcamModel, DcamTrainOutput, ImageScore
 from conftest import requires_lite0
 
 IMAGE_SIZE = 64
@@ -231,3 +231,29 @@ def test_reduces_to_stfpm_on_the_same_weights_and_inputs() -> None:
         stfpm_output, dcam_eval = stfpm.model(images), dcam.model(images)
     assert torch.allclose(dcam_eval.anomaly_map, stfpm_output.anomaly_map, rtol=1e-5, atol=1e-8)
     assert torch.allclose(dcam_eval.pred_score, stfpm_output.pred_score, rtol=1e-5, atol=1e-8)
+
+
+def test_image_score_is_the_max_by_default_and_the_mean_of_the_top_pixels_otherwise() -> None:
+    anomaly_map = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ImageScore()(anomaly_map), torch.amax(anomaly_map, dim=(-2, -1)))
+    assert torch.allclose(ImageScore(top_fraction=1.0)(anomaly_map), anomaly_map.mean(dim=(-2, -1)))
+    # 0.05 of 64 pixels rounds to the 3 highest.
+    expected = anomaly_map.flatten(1).sort(dim=1, descending=True).values[:, :3].mean(dim=1, keepdim=True)
+    assert torch.allclose(ImageScore(top_fraction=0.05)(anomaly_map), expected)
+    # A fraction smaller than one pixel still reads one: the maximum.
+    assert torch.equal(ImageScore(top_fraction=1e-6)(anomaly_map), torch.amax(anomaly_map, dim=(-2, -1)))
+
+
+def test_image_score_option_reaches_the_model_and_its_prediction() -> None:
+    model = DcamModel(pre_trained=False, image_score_top_fraction=0.01).eval()
+    with torch.no_grad():
+        output = model(_images())
+    expected = output.anomaly_map.flatten(1).topk(round(0.01 * IMAGE_SIZE * IMAGE_SIZE), dim=1).values.mean(dim=1)
+    assert torch.allclose(output.pred_score.flatten(), expected)
+    assert output.pred_score.shape == torch.amax(output.anomaly_map, dim=(-2, -1)).shape
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, True, "0.01"])
+def test_bad_image_score_fraction_names_the_option(value: object) -> None:
+    with pytest.raises(ValueError, match=r"image_score_top_fraction=.*\[0, 1\]"):
+        Dcam(pre_trained=False, image_score_top_fraction=value)

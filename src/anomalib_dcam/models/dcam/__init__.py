@@ -12,6 +12,7 @@ from anomalib_dcam._autoload import expose_in_anomalib
 
 from .anomaly_map import AnomalyMapGenerator, CombineMode
 from .attention import AttentionPlacement, AttentionType
+from .image_score import ImageScore
 from .lightning_model import Dcam
 from .loss import DcamLoss, DcamLossOutput, Reduction
 from .torch_model import DcamModel, DcamTrainOutput
@@ -26,6 +27,7 @@ __all__ = [
     "DcamLossOutput",
     "DcamModel",
     "DcamTrainOutput",
+    "ImageScore",
     "Reduction",
 ]
 

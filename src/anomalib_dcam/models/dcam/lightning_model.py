@@ -102,6 +102,8 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         anomaly_map_combine: ``"product"`` or ``"sum"`` of the per-level distance maps. Defaults to
             ``"product"``.
         anomaly_map_sigma: Gaussian smoothing of the anomaly map in pixels; ``0`` disables it. Defaults to ``0.0``.
+        image_score_top_fraction: How the image score is read from the map: ``0`` takes its maximum (STFPM), ``q``
+            in ``(0, 1]`` the mean of its highest fraction ``q`` of pixels. Inference only. Defaults to ``0.0``.
         lr: SGD learning rate. Defaults to ``0.1``.
         momentum: SGD momentum. Defaults to ``0.9``.
         weight_decay: SGD weight decay. Defaults to ``1e-4``.
@@ -149,6 +151,7 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         push_margin: float = 0.5,
         anomaly_map_combine: CombineMode | str = CombineMode.PRODUCT,
         anomaly_map_sigma: float = 0.0,
+        image_score_top_fraction: float = 0.0,
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
@@ -232,6 +235,7 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
             mask_teacher=mask_teacher,
             anomaly_map_combine=anomaly_map_combine,
             anomaly_map_sigma=anomaly_map_sigma,
+            image_score_top_fraction=image_score_top_fraction,
         )
         if isinstance(self.post_processor, CategoryPostProcessor):
             self.post_processor.bind(self)

@@ -37,6 +37,7 @@ from anomalib_dcam.weights import (
 
 from .anomaly_map import AnomalyMapGenerator, CombineMode
 from .attention import AttentionPlacement, AttentionType, build_attention_block
+from .image_score import ImageScore
 
 # Strides of ResNet's layer1..layer3; used to pick the default pyramid of any timm backbone.
 DEFAULT_PYRAMID_STRIDES = (4, 8, 16)
@@ -131,6 +132,8 @@ class DcamModel(nn.Module):
             Defaults to ``False``.
         anomaly_map_combine: ``"product"`` or ``"sum"`` of the per-level maps. Defaults to ``"product"``.
         anomaly_map_sigma: Gaussian smoothing of the anomaly map in pixels, ``0`` for none. Defaults to ``0.0``.
+        image_score_top_fraction: ``0`` scores an image by its map's maximum; ``q`` in ``(0, 1]`` by the mean of the
+            map's highest fraction ``q`` of pixels (:class:`ImageScore`). Defaults to ``0.0``.
 
     Raises:
         ValueError: On an unknown backbone, layer, attention type, placement or combine mode.
@@ -149,6 +152,7 @@ class DcamModel(nn.Module):
         mask_teacher: bool = False,
         anomaly_map_combine: CombineMode | str = CombineMode.PRODUCT,
         anomaly_map_sigma: float = 0.0,
+        image_score_top_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         self.attention_type = coerce_choice(attention, AttentionType, "attention")
@@ -160,6 +164,7 @@ class DcamModel(nn.Module):
         self.layers = resolve_layers(backbone, layers)
         self.mask_teacher = mask_teacher
         self.anomaly_map_generator = AnomalyMapGenerator(combine=anomaly_map_combine, sigma=anomaly_map_sigma)
+        self.image_score = ImageScore(top_fraction=image_score_top_fraction)
 
         self.teacher_model = TimmFeatureExtractor(backbone=backbone, layers=self.layers, pre_trained=False).eval()
         if pre_trained or backbone_weights is not None:
@@ -274,7 +279,7 @@ class DcamModel(nn.Module):
             return self._apply_attention(teacher_features, student_features)
 
         anomaly_map = self.anomaly_map_generator(teacher_features, student_features, image_size=images.shape[-2:])
-        pred_score = torch.amax(anomaly_map, dim=(-2, -1))
+        pred_score = self.image_score(anomaly_map)
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
 
     def _apply_attention(
