@@ -14,9 +14,12 @@ and seed, runs them once over the test set and derives the image score of every 
 - ``sum_max``: the maximum of the sum of the per-level maps (``anomaly_map_combine="sum"``).
 
 All of them are inference-only: they change no weight and need no retraining. Image AUROC and F1Max are reported per
-category and as the mean over categories, for each readout, as mean ± std over seeds with the per-seed paired
-difference to ``max``. Each (run, seed) writes a small JSON record into ``<records>/<folder>/<run>.json`` and is
-skipped when that record exists, so the study can grow as more models are trained.
+category, on each category's small defects (its normal images against its defects that cover less than 1 % of the
+image, where a top-k mean could dilute the defect) and as the mean over categories, for each readout, as mean ± std
+over seeds with the per-seed paired difference to ``max``. Each model's per-image scores are saved first
+(``image_scores.json`` next to its checkpoint); each (run, seed) then writes a small JSON record into
+``<records>/<folder>/<run>.json`` and is skipped when that record exists, so the study can grow as more models are
+trained.
 
 Example:
     python benchmarks/image_score.py --seeds 0 1 2 --runs dcam dcam_denoise_p0.5 stfpm_lr0.1
@@ -34,8 +37,12 @@ READOUTS = ("max", "top1%", "top0.1%", "blur4_max", "sum_max")
 METRICS = ("image_AUROC", "image_F1Max")
 
 
+SMALL_DEFECT = 0.01
+"""Defects covering less than this fraction of the image are "small": the ones a top-k mean could dilute."""
+
+
 def score_images(model, dataloader) -> dict:
-    """Run teacher and student over ``dataloader``; return image paths, labels and every readout's scores."""
+    """Run teacher and student over ``dataloader``; return paths, labels, defect areas and every readout's scores."""
     import torch
     from anomalib.models.components import GaussianBlur2d
 
@@ -44,18 +51,19 @@ def score_images(model, dataloader) -> dict:
     top1, top01 = ImageScore(top_fraction=0.01), ImageScore(top_fraction=0.001)
     blur = GaussianBlur2d(kernel_size=(33, 33), sigma=(4.0, 4.0))
     torch_model = model.model.eval()
-    out = {"image_path": [], "gt_label": [], **{readout: [] for readout in READOUTS}}
+    out = {"image_path": [], "gt_label": [], "defect_fraction": [], **{readout: [] for readout in READOUTS}}
     with torch.inference_mode():
         for batch in dataloader:
             images = model.pre_processor.transform(batch.image) if model.pre_processor.transform else batch.image
             teacher = torch_model.teacher_model(images)
             student = torch_model.student_model(images)
-            layer_maps = [
-                AnomalyMapGenerator.compute_layer_map(teacher[level], student[level], images.shape[-2:])
-                for level in teacher
-            ]
-            product = torch.stack(layer_maps).prod(dim=0)
-            total = torch.stack(layer_maps).sum(dim=0)
+            layer_maps = torch.stack(
+                [
+                    AnomalyMapGenerator.compute_layer_map(teacher[level], student[level], images.shape[-2:])
+                    for level in teacher
+                ]
+            )
+            product, total = layer_maps.prod(dim=0), layer_maps.sum(dim=0)
             out["max"] += product.amax(dim=(-2, -1)).flatten().tolist()
             out["top1%"] += top1(product).flatten().tolist()
             out["top0.1%"] += top01(product).flatten().tolist()
@@ -63,15 +71,15 @@ def score_images(model, dataloader) -> dict:
             out["sum_max"] += total.amax(dim=(-2, -1)).flatten().tolist()
             out["image_path"] += [str(path) for path in batch.image_path]
             out["gt_label"] += batch.gt_label.int().flatten().tolist()
+            out["defect_fraction"] += (batch.gt_mask > 0).flatten(1).float().mean(dim=1).tolist()
     return out
 
 
-def rescore(run: str, checkpoint: Path, root: Path, categories: list[str]) -> dict[str, dict[str, dict[str, float]]]:
-    """Image metrics of every readout, by category and ``mean``, for one trained model."""
+def predict_scores(run: str, checkpoint: Path, root: Path, categories: list[str]) -> dict:
+    """Every readout's score of every test image for one trained model, with each image's category."""
     import torch
     from torchvision.transforms.v2 import Resize
 
-    from anomalib_dcam.callbacks.per_category import compute_anomaly_metrics
     from anomalib_dcam.data import MultiClassMVTec
     from anomalib_dcam.data.multiclass import categories_by_image_path
 
@@ -89,14 +97,30 @@ def rescore(run: str, checkpoint: Path, root: Path, categories: list[str]) -> di
     datamodule.setup("test")
     scores = score_images(model, datamodule.test_dataloader())
     category_of = categories_by_image_path(datamodule.test_data)
+    scores["category"] = [category_of[path] for path in scores["image_path"]]
+    return scores
+
+
+def image_metrics(scores: dict, categories: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Image metrics of every readout by category, by ``<category> small`` and as the ``mean`` over categories.
+
+    ``<category> small`` compares the category's normal images with its defects smaller than :data:`SMALL_DEFECT`.
+    """
+    import torch
+
+    from anomalib_dcam.callbacks.per_category import compute_anomaly_metrics
+
+    labels = torch.tensor(scores["gt_label"])
+    small = torch.tensor([0 < area < SMALL_DEFECT for area in scores["defect_fraction"]])
     by_readout: dict[str, dict[str, dict[str, float]]] = {}
     for readout in READOUTS:
-        values, labels = torch.tensor(scores[readout]), torch.tensor(scores["gt_label"])
+        values = torch.tensor(scores[readout])
         rows = {}
         for category in categories:
-            index = torch.tensor([category_of[path] == category for path in scores["image_path"]])
-            metrics = compute_anomaly_metrics(values[index], labels[index])
-            rows[category] = {metric: metrics[metric] for metric in METRICS}
+            in_category = torch.tensor([name == category for name in scores["category"]])
+            for group, index in ((category, in_category), (f"{category} small", in_category & ((labels == 0) | small))):
+                metrics = compute_anomaly_metrics(values[index], labels[index])
+                rows[group] = {metric: metrics[metric] for metric in METRICS}
         rows["mean"] = {metric: statistics.fmean(rows[c][metric] for c in categories) for metric in METRICS}
         by_readout[readout] = rows
     return by_readout
@@ -136,8 +160,14 @@ def main() -> None:
                     flush=True,
                 )
                 continue
-            print(f"[score] {run} seed {seed}: {checkpoints[0]}", flush=True)
-            by_readout = rescore(run, checkpoints[0], args.root, args.categories)
+            saved = checkpoints[0].parent / "image_scores.json"  # predictions first, metrics from them
+            if saved.is_file():
+                scores = json.loads(saved.read_text())
+            else:
+                print(f"[score] {run} seed {seed}: {checkpoints[0]}", flush=True)
+                scores = predict_scores(run, checkpoints[0], args.root, args.categories)
+                saved.write_text(json.dumps(scores))
+            by_readout = image_metrics(scores, args.categories)
             record.parent.mkdir(parents=True, exist_ok=True)
             record.write_text(json.dumps(by_readout, indent=2))
             results.setdefault(run, {})[seed] = by_readout
@@ -145,11 +175,12 @@ def main() -> None:
     for run, seeds in results.items():
         for metric in METRICS:
             print(f"\n{run}, {metric}, seeds {sorted(seeds)}\n")
-            print("| readout | " + " | ".join([*args.categories, "mean"]) + " | paired Δ mean vs max (per seed) |")
-            print("|---" * (len(args.categories) + 3) + "|")
+            groups = [*args.categories, *(f"{c} small" for c in args.categories), "mean"]
+            print("| readout | " + " | ".join(groups) + " | paired Δ mean vs max (per seed) |")
+            print("|---" * (len(groups) + 2) + "|")
             for readout in READOUTS:
                 cells = []
-                for category in [*args.categories, "mean"]:
+                for category in [*args.categories, *(f"{c} small" for c in args.categories), "mean"]:
                     values = [seeds[s][readout][category][metric] for s in sorted(seeds)]
                     spread = statistics.stdev(values) if len(values) > 1 else 0.0
                     cells.append(f"{statistics.fmean(values):.3f} ± {spread:.3f}")
