@@ -53,7 +53,7 @@ def _normalised(model: Dcam, raw_batch):
 
 def test_probability_zero_gives_todays_loss_bit_for_bit(raw_batch) -> None:
     torch.manual_seed(0)
-    plain = _small_dcam()
+    plain = _small_dcam(synthetic_anomaly_probability=0.0)  # the loss without denoising: what p = 0 must give
     torch.manual_seed(0)
     model = _small_dcam(synthetic_anomaly_probability=0.0, synthetic_anomaly_blend=(0.2, 0.9), hard_fraction=1.0)
     assert model.synthetic_anomalies is None
@@ -232,3 +232,12 @@ def test_find_normalize_refuses_two_normalisations() -> None:
     assert find_normalize(v2.Resize((8, 8))) is None
     with pytest.raises(ValueError, match="at most one Normalize"):
         find_normalize(v2.Compose([normalize, normalize]))
+
+
+def test_defaults_are_denoising_at_half_probability_with_faint_defects_and_the_top_pixel_score() -> None:
+    model = _small_dcam()
+    assert model.synthetic_anomalies is not None
+    assert model.synthetic_anomalies.probability == 0.5
+    assert model.synthetic_anomalies.blend == (0.2, 1.0)
+    assert model.synthetic_anomalies.source is None
+    assert model.model.image_score.top_fraction == 0.001

@@ -38,7 +38,7 @@ def test_train_mode_returns_features_and_masks() -> None:
 
 
 def test_eval_mode_returns_inference_batch() -> None:
-    model = DcamModel(pre_trained=False).eval()
+    model = DcamModel(pre_trained=False, image_score_top_fraction=0.0).eval()
     output = model(_images(3))
     assert isinstance(output, InferenceBatch)
     assert output.anomaly_map.shape == (3, 1, IMAGE_SIZE, IMAGE_SIZE)
@@ -201,6 +201,8 @@ def test_reduces_to_stfpm_on_the_same_weights_and_inputs() -> None:
         channel_weight=0.0,
         kd_weight=0.0,
         anomaly_map_combine="product",
+        synthetic_anomaly_probability=0.0,
+        image_score_top_fraction=0.0,  # STFPM's image score: the map's maximum
         lr=0.4,  # anomalib Stfpm's hard-coded optimizer settings
         weight_decay=0.001,
     )
@@ -248,7 +250,7 @@ def test_image_score_option_reaches_the_model_and_its_prediction() -> None:
     model = DcamModel(pre_trained=False, image_score_top_fraction=0.01).eval()
     with torch.no_grad():
         output = model(_images())
-    expected = output.anomaly_map.flatten(1).topk(round(0.01 * IMAGE_SIZE * IMAGE_SIZE), dim=1).values.mean(dim=1)
+    expected = output.anomaly_map.flatten(1).topk(round(0.01 * IMAGE_SIZE**2), dim=1).values.mean(dim=1)
     assert torch.allclose(output.pred_score.flatten(), expected)
     assert output.pred_score.shape == torch.amax(output.anomaly_map, dim=(-2, -1)).shape
 

@@ -91,8 +91,10 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         global_weight: Weight of HKD's global cosine term (whole flattened maps). Defaults to ``0.0``.
         synthetic_anomaly_probability: Denoising distillation (DMDD, DeSTSeg): the chance that the student sees a
             training image with a synthetic defect (anomalib's ``PerlinAnomalyGenerator``) while the loss targets
-            stay the teacher's features of the clean image; ``0`` switches it off. Defaults to ``0.0``.
-        synthetic_anomaly_blend: ``[low, high]`` range of the defects' opacity. Defaults to ``(0.5, 1.0)``.
+            stay the teacher's features of the clean image; ``0`` switches it off (training-only). Defaults to ``0.5``
+            (docs/results.md: ahead of ``0`` on image AUROC and AUPRO over 3 seeds).
+        synthetic_anomaly_blend: ``[low, high]`` range of the defects' opacity. Defaults to ``(0.2, 1.0)``, which
+            includes faint defects.
         synthetic_anomaly_source: Folder of texture images to fill the defects from (as DRAEM's
             ``anomaly_source_path``); ``None`` fills them with Perlin noise. Defaults to ``None``.
         push_weight: Weight of the push-away term (DMDD): inside the defects, a hinge pushes the student's features
@@ -103,7 +105,8 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
             ``"product"``.
         anomaly_map_sigma: Gaussian smoothing of the anomaly map in pixels; ``0`` disables it. Defaults to ``0.0``.
         image_score_top_fraction: How the image score is read from the map: ``0`` takes its maximum (STFPM), ``q``
-            in ``(0, 1]`` the mean of its highest fraction ``q`` of pixels. Inference only. Defaults to ``0.0``.
+            in ``(0, 1]`` the mean of its highest fraction ``q`` of pixels. Inference only. Defaults to ``0.001``
+            (about one cell of the coarsest level, so small defects are not diluted).
         lr: SGD learning rate. Defaults to ``0.1``.
         momentum: SGD momentum. Defaults to ``0.9``.
         weight_decay: SGD weight decay. Defaults to ``1e-4``.
@@ -144,14 +147,14 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         batch_reduction: Reduction | str = Reduction.SUM,
         hard_fraction: float = 1.0,
         global_weight: float = 0.0,
-        synthetic_anomaly_probability: float = 0.0,
-        synthetic_anomaly_blend: Sequence[float] = (0.5, 1.0),
+        synthetic_anomaly_probability: float = 0.5,
+        synthetic_anomaly_blend: Sequence[float] = (0.2, 1.0),
         synthetic_anomaly_source: str | Path | None = None,
         push_weight: float = 0.0,
         push_margin: float = 0.5,
         anomaly_map_combine: CombineMode | str = CombineMode.PRODUCT,
         anomaly_map_sigma: float = 0.0,
-        image_score_top_fraction: float = 0.0,
+        image_score_top_fraction: float = 0.001,
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,

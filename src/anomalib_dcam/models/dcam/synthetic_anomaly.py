@@ -62,7 +62,7 @@ class SyntheticAnomalyStep:
     def __init__(
         self,
         probability: float,
-        blend: Sequence[float] = (0.5, 1.0),
+        blend: Sequence[float] = (0.2, 1.0),
         source: str | Path | None = None,
     ) -> None:
         blend = tuple(float(value) for value in blend) if isinstance(blend, Sequence) else ()

@@ -133,7 +133,7 @@ class DcamModel(nn.Module):
         anomaly_map_combine: ``"product"`` or ``"sum"`` of the per-level maps. Defaults to ``"product"``.
         anomaly_map_sigma: Gaussian smoothing of the anomaly map in pixels, ``0`` for none. Defaults to ``0.0``.
         image_score_top_fraction: ``0`` scores an image by its map's maximum; ``q`` in ``(0, 1]`` by the mean of the
-            map's highest fraction ``q`` of pixels (:class:`ImageScore`). Defaults to ``0.0``.
+            map's highest fraction ``q`` of pixels (:class:`ImageScore`). Defaults to ``0.001``.
 
     Raises:
         ValueError: On an unknown backbone, layer, attention type, placement or combine mode.
@@ -152,7 +152,7 @@ class DcamModel(nn.Module):
         mask_teacher: bool = False,
         anomaly_map_combine: CombineMode | str = CombineMode.PRODUCT,
         anomaly_map_sigma: float = 0.0,
-        image_score_top_fraction: float = 0.0,
+        image_score_top_fraction: float = 0.001,
     ) -> None:
         super().__init__()
         self.attention_type = coerce_choice(attention, AttentionType, "attention")
