@@ -211,7 +211,7 @@ def test_the_student_sees_the_corrupted_image_and_the_teacher_the_clean_one(raw_
     [
         ({"synthetic_anomaly_probability": 1.5}, "synthetic_anomaly_probability"),
         ({"synthetic_anomaly_probability": -0.1}, "synthetic_anomaly_probability"),
-        ({"push_weight": 1.0}, "push_weight"),
+        ({"push_weight": 1.0, "synthetic_anomaly_probability": 0.0}, "push_weight"),
         ({"synthetic_anomaly_probability": 0.5, "synthetic_anomaly_blend": [0.9, 0.1]}, "synthetic_anomaly_blend"),
         ({"synthetic_anomaly_blend": [0.5]}, "synthetic_anomaly_blend"),
         ({"synthetic_anomaly_source": "/no/such/folder"}, "synthetic_anomaly_source"),

@@ -53,5 +53,6 @@ class ImageScore(nn.Module):
         if self.top_fraction == 0.0:
             return torch.amax(anomaly_map, dim=(-2, -1))
         positions = anomaly_map.flatten(-2)
-        count = max(1, round(self.top_fraction * positions.shape[-1]))
+        # int() rather than round(): under TorchScript tracing (NNCF's QAT) the size is a tensor, which has no round.
+        count = max(1, int(self.top_fraction * positions.shape[-1] + 0.5))
         return positions.topk(count, dim=-1).values.mean(dim=-1)
