@@ -213,6 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     output = args.output / f"e{args.epochs}_s{args.seed}"
     output.mkdir(parents=True, exist_ok=True)
+    from lightning.pytorch import seed_everything
 
     model = load(train(args.root, args.categories, args.epochs, args.seed, output / "unified"))
     datamodule = _datamodule(args.root, args.categories, args.seed)
@@ -232,8 +233,6 @@ def main() -> None:
     for quantile in args.normal_quantiles:
         # Thresholds at a false-alarm budget on each category's held-out normals, from a validation pass.
         post_processor.normal_quantile = quantile
-        from lightning.pytorch import seed_everything
-
         seed_everything(args.seed, workers=True)
         _engine(output / "validate", 1).validate(
             model=model, datamodule=_datamodule(args.root, args.categories, args.seed)

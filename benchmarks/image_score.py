@@ -44,12 +44,11 @@ SMALL_DEFECT = 0.01
 def score_images(model, dataloader) -> dict:
     """Run teacher and student over ``dataloader``; return paths, labels, defect areas and every readout's scores."""
     import torch
-    from anomalib.models.components import GaussianBlur2d
 
     from anomalib_dcam.models.dcam import AnomalyMapGenerator, ImageScore
 
     top1, top01 = ImageScore(top_fraction=0.01), ImageScore(top_fraction=0.001)
-    blur = GaussianBlur2d(kernel_size=(33, 33), sigma=(4.0, 4.0))
+    blur = AnomalyMapGenerator(sigma=4.0).blur  # the blur of anomaly_map_sigma=4
     torch_model = model.model.eval()
     out = {"image_path": [], "gt_label": [], "defect_fraction": [], **{readout: [] for readout in READOUTS}}
     with torch.inference_mode():

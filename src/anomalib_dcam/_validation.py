@@ -56,3 +56,20 @@ def check_positive(value: float, option: str) -> float:
         msg = f"{option}={value!r} is not accepted; it must be a number > 0."
         raise ValueError(msg)
     return float(value)
+
+
+def check_unit_interval(value: float, option: str, meaning: str = "") -> float:
+    """Return ``value`` as a float, or raise if it is not a number in ``[0, 1]``.
+
+    Args:
+        value: The option's value.
+        option: The option's name, for the message.
+        meaning: What the values mean, appended to the message (e.g. ``"0 switches it off"``).
+
+    Raises:
+        ValueError: If ``value`` is outside ``[0, 1]``, NaN or not a number.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        msg = f"{option}={value!r} is not accepted; it must be a number in [0, 1]{': ' + meaning if meaning else ''}."
+        raise ValueError(msg)
+    return float(value)

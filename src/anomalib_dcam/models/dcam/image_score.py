@@ -21,16 +21,7 @@ Example:
 import torch
 from torch import nn
 
-
-def check_top_fraction(value: float, option: str = "image_score_top_fraction") -> float:
-    """Return ``value`` as a float in ``[0, 1]`` or raise a :class:`ValueError` that names ``option``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        msg = (
-            f"{option}={value!r} is not accepted; it must be a number in [0, 1]: 0 scores an image by the maximum "
-            "of its anomaly map, e.g. 0.01 by the mean of its highest 1 % of pixels."
-        )
-        raise ValueError(msg)
-    return float(value)
+from anomalib_dcam._validation import check_unit_interval
 
 
 class ImageScore(nn.Module):
@@ -46,7 +37,11 @@ class ImageScore(nn.Module):
 
     def __init__(self, top_fraction: float = 0.0) -> None:
         super().__init__()
-        self.top_fraction = check_top_fraction(top_fraction)
+        self.top_fraction = check_unit_interval(
+            top_fraction,
+            "image_score_top_fraction",
+            "0 scores an image by the maximum of its anomaly map, e.g. 0.01 by the mean of its highest 1 % of pixels",
+        )
 
     def forward(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """Score every map of the batch."""

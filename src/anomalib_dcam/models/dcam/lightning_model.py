@@ -36,7 +36,7 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from anomalib_dcam._validation import check_non_negative, check_positive, coerce_choice
+from anomalib_dcam._validation import check_non_negative, check_positive, check_unit_interval, coerce_choice
 from anomalib_dcam.deploy.quantization import OpenVINOQuantizationMixin
 from anomalib_dcam.post_processing import CategoryPostProcessor
 from anomalib_dcam.precision import native_cpu_bf16
@@ -206,13 +206,7 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
             push_weight=push_weight,
             push_margin=push_margin,
         )
-        probability = check_non_negative(synthetic_anomaly_probability, "synthetic_anomaly_probability")
-        if probability > 1:
-            msg = (
-                f"synthetic_anomaly_probability={synthetic_anomaly_probability!r} is not accepted; it must be in "
-                "[0, 1]."
-            )
-            raise ValueError(msg)
+        probability = check_unit_interval(synthetic_anomaly_probability, "synthetic_anomaly_probability")
         if self.loss.push_weight > 0 and probability == 0:
             msg = (
                 f"push_weight={push_weight!r} needs synthetic defects to push away from; set "
