@@ -17,9 +17,9 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -157,6 +157,7 @@ def run_demo(
     precision: str = "32-true",
     teacher_cache: str = "memory",
     channels_last: bool = True,
+    dcam_options: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """Build the texture dataset, train and test Dcam, and return the test metrics.
 
@@ -172,6 +173,8 @@ def run_demo(
             ``"32-true"`` (docs/training_speed.md).
         teacher_cache: Dcam's ``teacher_cache`` (``"memory"``, ``"disk"`` or ``"off"``).
         channels_last: Dcam's ``channels_last`` (train in the channels-last memory layout).
+        dcam_options: Further Dcam options (e.g. ``{"synthetic_anomaly_probability": 0.0}``); Dcam's defaults when
+            ``None``.
 
     Returns:
         Test metrics by name (image and pixel AUROC and F1).
@@ -191,6 +194,7 @@ def run_demo(
         teacher_cache=teacher_cache,
         channels_last=channels_last,
         pre_processor=Dcam.configure_pre_processor(image_size=(image_size, image_size)),
+        **(dcam_options or {}),
     )
     engine = Engine(
         max_epochs=epochs,

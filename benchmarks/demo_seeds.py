@@ -1,0 +1,104 @@
+# Copyright (C) 2026 The anomalib-dcam authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""The embedded demo (``make demo``) over several seeds and Dcam settings: mean ± std and the paired difference.
+
+Each (variant, seed) trains the demo exactly as ``anomalib-dcam demo --seed <seed>`` does (brick texture, 5 epochs,
+100 normal training images, 256 px, fp32, teacher cache in memory, channels-last), with the variant's Dcam options on
+top of Dcam's defaults. The seed picks the crops, the test defects and the training run, so the paired difference of
+two variants at one seed compares them on the same images. Every run writes ``<records>/<variant>_s<seed>.json``
+(its metrics and fit time) and is skipped when that record exists, so the study can be stopped and resumed.
+
+Example:
+    python benchmarks/demo_seeds.py --seeds 0 1 2 --variants former default
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from dcam_vs_stfpm import FORMER_DEFAULTS
+
+# Variant -> Dcam options on top of Dcam's current defaults.
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "former": FORMER_DEFAULTS,
+    "readout_only": {"synthetic_anomaly_probability": 0.0},
+    "p0.25": {"synthetic_anomaly_probability": 0.25},
+    "p0.5_blend0.5": {"synthetic_anomaly_blend": (0.5, 1.0)},
+}
+METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score", "seconds")
+
+
+def run(variant: str, seed: int, records: Path, epochs: int, num_train: int) -> dict:
+    """Train and test the demo for one (variant, seed) unless it is recorded; return its record."""
+    path = records / f"{variant}_s{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from anomalib_dcam.demo import run_demo
+
+    print(f"demo {variant} seed {seed}: training ({epochs} epochs)", flush=True)
+    with tempfile.TemporaryDirectory() as output:
+        start = time.perf_counter()
+        metrics = run_demo(
+            Path(output), epochs=epochs, num_train=num_train, seed=seed, dcam_options=VARIANTS[variant]
+        )
+        metrics["seconds"] = time.perf_counter() - start
+    record = {"variant": variant, "seed": seed, "epochs": epochs, "num_train": num_train, "options": VARIANTS[variant]}
+    record.update(metrics)
+    records.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def mean_std(values: list[float], signed: bool = False) -> str:
+    """``mean ± std`` (sample std; ``± -`` for one value)."""
+    spread = f"{statistics.stdev(values):.3f}" if len(values) > 1 else "-"
+    return f"{statistics.fmean(values):{'+' if signed else ''}.3f} ± {spread}"
+
+
+def main() -> None:
+    """Run every missing (variant, seed), then print each metric's mean ± std and paired difference to the baseline."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=["former", "default"], choices=sorted(VARIANTS))
+    parser.add_argument("--baseline", default="former", choices=sorted(VARIANTS))
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--num-train", type=int, default=100, help="as `anomalib-dcam demo` (default: %(default)s)")
+    parser.add_argument("--records", type=Path, default=Path(__file__).parent / "records" / "demo")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    variants = [args.baseline, *[variant for variant in args.variants if variant != args.baseline]]
+    records = {
+        (variant, seed): run(variant, seed, args.records, args.epochs, args.num_train)
+        for seed in args.seeds
+        for variant in variants
+    }
+    print(f"\nbrick demo, {args.epochs} epochs, seeds {args.seeds}: mean ± std over seeds\n")
+    print("| variant | " + " | ".join(METRICS) + " |")
+    print("|---" * (len(METRICS) + 1) + "|")
+    for variant in variants:
+        cells = [mean_std([records[variant, seed][metric] for seed in args.seeds]) for metric in METRICS]
+        print(f"| {variant} | " + " | ".join(cells) + " |")
+    print(f"\npaired difference to {args.baseline} (per seed: image AUROC)\n")
+    print("| variant | " + " | ".join(METRICS) + " | image AUROC per seed |")
+    print("|---" * (len(METRICS) + 2) + "|")
+    for variant in variants[1:]:
+        differences = {
+            metric: [records[variant, seed][metric] - records[args.baseline, seed][metric] for seed in args.seeds]
+            for metric in METRICS
+        }
+        per_seed = ", ".join(
+            f"s{seed} {value:+.3f}" for seed, value in zip(args.seeds, differences["image_AUROC"], strict=True)
+        )
+        cells = [mean_std(differences[metric], signed=True) for metric in METRICS]
+        print(f"| {variant} | " + " | ".join(cells) + f" | {per_seed} |")
+
+
+if __name__ == "__main__":
+    main()
