@@ -30,6 +30,7 @@ VARIANTS: dict[str, dict] = {
     "readout_only": {"synthetic_anomaly_probability": 0.0},
     "p0.25": {"synthetic_anomaly_probability": 0.25},
     "p0.5_blend0.5": {"synthetic_anomaly_blend": (0.5, 1.0)},
+    "push": {"push_weight": 1.0},
 }
 METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score", "seconds")
 
@@ -44,9 +45,7 @@ def run(variant: str, seed: int, records: Path, epochs: int, num_train: int) -> 
     print(f"demo {variant} seed {seed}: training ({epochs} epochs)", flush=True)
     with tempfile.TemporaryDirectory() as output:
         start = time.perf_counter()
-        metrics = run_demo(
-            Path(output), epochs=epochs, num_train=num_train, seed=seed, dcam_options=VARIANTS[variant]
-        )
+        metrics = run_demo(Path(output), epochs=epochs, num_train=num_train, seed=seed, dcam_options=VARIANTS[variant])
         metrics["seconds"] = time.perf_counter() - start
     record = {"variant": variant, "seed": seed, "epochs": epochs, "num_train": num_train, "options": VARIANTS[variant]}
     record.update(metrics)

@@ -21,7 +21,7 @@ from anomalib_dcam.models.dcam.loss import (
     pixel_cosine_distance,
     push_away_distance,
 )
-from anomalib_dcam.models.dcam.synthetic_anomaly import SyntheticAnomalyStep, find_normalize
+from anomalib_dcam.models.dcam.synthetic_anomaly import SyntheticAnomalyStep, defect_seed, find_normalize
 
 IMAGE_SIZE = 64
 EVERY_OPTION = {
@@ -120,6 +120,30 @@ def test_a_texture_folder_fills_the_defects(tmp_path: Path, raw_batch) -> None:
     inside = masks.expand_as(student) > 0
     assert bool(inside.any())
     assert torch.equal(student[~inside], raw_batch.image[~inside])
+
+
+def test_seeded_defects_repeat_and_leave_the_global_rng_alone(raw_batch) -> None:
+    step = SyntheticAnomalyStep(0.5)
+    seed = defect_seed(0, epoch=2, batch_index=5)
+    torch.manual_seed(11)
+    first, first_masks = step(raw_batch.image, None, seed=seed)
+    after_first = torch.rand(3)
+    torch.manual_seed(99)  # another global state: the seeded draw must not depend on it
+    second, second_masks = step(raw_batch.image, None, seed=seed)
+    assert torch.equal(first, second)
+    assert torch.equal(first_masks, second_masks)
+    torch.manual_seed(11)
+    assert torch.equal(torch.rand(3), after_first)  # the draw did not advance the global RNG
+    _, other_masks = step(raw_batch.image, None, seed=defect_seed(0, epoch=2, batch_index=6))
+    assert not torch.equal(other_masks, first_masks)
+
+
+def test_defect_seeds_differ_by_run_epoch_batch_and_rank() -> None:
+    places = list(itertools.product(range(3), range(3), range(4), range(2)))
+    seeds = [defect_seed(*place) for place in places]
+    assert len(set(seeds)) == len(places)
+    assert all(0 <= seed < 2**63 for seed in seeds)
+    assert defect_seed(7, 1, 2, 0) == defect_seed(7, 1, 2, 0)
 
 
 def test_push_away_is_zero_outside_the_masks_and_falls_as_the_features_move_apart() -> None:

@@ -37,15 +37,9 @@ def _train(
     crash_at: int | None = None,
 ) -> tuple[Dcam, HeldOutNormalCheckpoint]:
     seed_everything(0)
-    # Exact resume covers the data order and the teacher cache; the synthetic defects of denoising distillation are
-    # drawn from the global RNG and are not replayed (docs/multiclass.md), so they are off here.
-    model = Dcam(
-        backbone="resnet18",
-        pre_trained=False,
-        pre_processor=_pre_processor(),
-        teacher_cache="memory",
-        synthetic_anomaly_probability=0.0,
-    )
+    # Dcam's defaults train with synthetic defects: exact resume covers them as well as the data order and the cache.
+    model = Dcam(backbone="resnet18", pre_trained=False, pre_processor=_pre_processor(), teacher_cache="memory")
+    assert model.synthetic_anomalies is not None
     checkpoint = HeldOutNormalCheckpoint(save_last=True)
     callbacks = [checkpoint] if crash_at is None else [checkpoint, _CrashMidEpoch(crash_at)]
     engine = quiet_engine(root, epochs, callbacks=callbacks)
@@ -72,8 +66,9 @@ def uninterrupted(products: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 
 
 def _assert_same_model(model: Dcam, reference: Dcam) -> None:
-    # Exact: the training order depends only on the seed and the epoch, and the float16 teacher cache trains on the
-    # values it stores, so a resumed run (whose cache starts empty) computes what the uninterrupted one did.
+    # Exact: the training order and the synthetic defects depend only on the seed, the epoch and the batch, and the
+    # float16 teacher cache trains on the values it stores, so a resumed run (whose cache starts empty) computes what
+    # the uninterrupted one did.
     for (name, value), expected in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
         torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
 

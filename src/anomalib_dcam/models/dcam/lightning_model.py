@@ -44,7 +44,7 @@ from anomalib_dcam.precision import native_cpu_bf16
 from .anomaly_map import CombineMode
 from .attention import AttentionPlacement, AttentionType
 from .loss import DcamLoss, Reduction
-from .synthetic_anomaly import SyntheticAnomalyStep, find_normalize
+from .synthetic_anomaly import SyntheticAnomalyStep, defect_seed, find_normalize
 from .teacher_cache import (
     CacheDtype,
     CacheStorage,
@@ -354,11 +354,12 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
             features[level] = merged
         return features
 
-    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+    def training_step(self, batch: Batch, batch_idx: int = 0, *args, **kwargs) -> STEP_OUTPUT:
         """Compute the DCAM loss on a batch of normal images and log every term.
 
         Args:
             batch: Input batch.
+            batch_idx: Index of the batch in the epoch; with the epoch, it seeds the batch's synthetic defects.
             args: Unused.
             kwargs: Unused.
 
@@ -373,8 +374,10 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         student_images, anomaly_masks, corrupted_teacher_features = images, None, None
         if self.synthetic_anomalies is not None:
             # Denoising distillation: the student sees the corrupted image, the targets stay the clean image's.
+            # Seeded by the batch's place in the run, so a resumed run draws the uninterrupted run's defects.
+            seed = defect_seed(torch.initial_seed(), self.current_epoch, batch_idx, self.global_rank)
             student_images, anomaly_masks = self.synthetic_anomalies(
-                images, find_normalize(self.pre_processor.transform)
+                images, find_normalize(self.pre_processor.transform), seed=seed
             )
             if teacher_features is None:
                 teacher_features = self.model.teacher_model(images)

@@ -13,17 +13,23 @@ The training batch arrives normalised by the pre-processor. The generator blends
 [0, 1]: feeding it normalised values would mix value ranges (the bug fixed in anomalib PR #1431). So the step
 undoes the pre-processor's ``Normalize``, corrupts the pixels, and normalises the corrupted pixels with that same
 ``Normalize``. Outside the defect mask the student's input is the clean normalised tensor itself, bit for bit.
+
+The defects of a batch are drawn from their own seed, :func:`defect_seed` of the run's seed, the epoch, the batch
+index and the process rank, and leave the global RNG untouched: a run resumed from a checkpoint draws the same defects
+as the uninterrupted run, and turning the defects on or off does not shift any other random draw.
 """
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
-__all__ = ["SyntheticAnomalyStep", "find_normalize"]
+__all__ = ["SyntheticAnomalyStep", "defect_seed", "find_normalize"]
 
 
 def find_normalize(transform: object) -> v2.Normalize | None:
@@ -44,6 +50,34 @@ def find_normalize(transform: object) -> v2.Normalize | None:
         )
         raise ValueError(msg)
     return found[0] if found else None
+
+
+def defect_seed(run_seed: int, epoch: int, batch_index: int, rank: int = 0) -> int:
+    """The seed of one batch's defects: a well-mixed function of where the batch is in the run.
+
+    Args:
+        run_seed: The run's seed (``torch.initial_seed()`` after Lightning's ``seed_everything``).
+        epoch: Training epoch.
+        batch_index: Batch index within the epoch.
+        rank: Process rank, so that the processes of a distributed run draw different defects.
+
+    Returns:
+        A seed for ``torch.manual_seed``.
+    """
+    entropy = [int(value) % 2**64 for value in (run_seed, epoch, batch_index, rank)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+
+
+@contextlib.contextmanager
+def _seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Draw from ``seed`` inside the block and restore the global RNG after it; no-op for ``seed=None``."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 class SyntheticAnomalyStep:
@@ -89,28 +123,37 @@ class SyntheticAnomalyStep:
     def generator(self) -> PerlinAnomalyGenerator:
         """The Perlin generator of anomalib, built on first use.
 
-        Building it draws random numbers, which must not shift the student's initialisation: a model with and
-        without synthetic defects starts from the same weights.
+        Building it draws random numbers (its solarize threshold). They come from a fixed seed of their own: the
+        generator is the same in every run, a resumed one included, and the global RNG is untouched, so a model with
+        and without synthetic defects starts from the same weights.
         """
         if self._generator is None:
-            self._generator = PerlinAnomalyGenerator(
-                anomaly_source_path=self.source,
-                probability=self.probability,
-                blend_factor=self.blend,
-            )
+            with _seeded_rng(0, torch.device("cpu")):
+                self._generator = PerlinAnomalyGenerator(
+                    anomaly_source_path=self.source,
+                    probability=self.probability,
+                    blend_factor=self.blend,
+                )
         return self._generator
 
-    def __call__(self, images: torch.Tensor, normalize: v2.Normalize | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self,
+        images: torch.Tensor,
+        normalize: v2.Normalize | None,
+        seed: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the student's inputs and the defect masks.
 
         Args:
             images: Normalised images ``(B, C, H, W)``, as the pre-processor made them.
             normalize: The pre-processor's ``Normalize`` (``None`` when it does not normalise).
+            seed: Seed of the defects (:func:`defect_seed`), drawn without touching the global RNG; ``None`` draws
+                them from the global RNG.
 
         Returns:
             The corrupted images, normalised like ``images``, and the masks ``(B, 1, H, W)`` (1 inside a defect).
         """
-        with torch.no_grad():
+        with torch.no_grad(), _seeded_rng(seed, images.device):
             pixels = images
             if normalize is not None:
                 mean = torch.as_tensor(normalize.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
