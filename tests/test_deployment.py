@@ -74,7 +74,8 @@ def trained(deploy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     """A Dcam (random ResNet-18 teacher) trained for 10 short epochs, with its checkpoint.
 
     A random teacher is enough here: its features are a fixed function of the image, the student learns them on
-    normal textures, and the test defects score clearly higher (image AUROC ~1), so rank correlations are meaningful.
+    normal textures, and the test defects score clearly higher (image AUROC well above chance), so rank correlations are
+    meaningful.
     """
     model = Dcam(pre_trained=False, pre_processor=Dcam.configure_pre_processor(image_size=(IMAGE_SIZE, IMAGE_SIZE)))
     engine = Engine(
@@ -278,6 +279,13 @@ def test_every_precision_exports_an_ir_that_loads_and_scores(
     assert xml.with_suffix(".bin").stat().st_size < 0.6 * 2 * student_fp32_bytes
 
 
+def _image_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Image AUROC of ``scores`` against ``labels``, by anomalib's metric."""
+    auroc = AUROC(fields=["pred_score", "gt_label"])
+    auroc.update(ImageBatch(image=torch.zeros(len(scores), 3, 1, 1), gt_label=labels, pred_score=scores))
+    return float(auroc.compute())
+
+
 @pytest.mark.parametrize("source", ["normals", "synthetic_anomalies", "random_normal"])
 def test_int8_scores_follow_fp32(
     request: pytest.FixtureRequest,
@@ -297,11 +305,12 @@ def test_int8_scores_follow_fp32(
         quantized = compress_openvino_model(fp32_model, "INT8_PTQ", calibration, pre_processor=trained[0].pre_processor)
     scores = _scores(quantized, images)["pred_score"].ravel()
     assert spearmanr(scores, reference).statistic >= 0.95
-    auroc = AUROC(fields=["pred_score", "gt_label"])
-    auroc.update(
-        ImageBatch(image=torch.zeros(len(scores), 3, 1, 1), gt_label=labels, pred_score=torch.from_numpy(scores))
+    fp32_auroc, int8_auroc = (
+        _image_auroc(torch.from_numpy(reference), labels),
+        _image_auroc(torch.from_numpy(scores), labels),
     )
-    assert auroc.compute() >= 0.9
+    assert fp32_auroc >= 0.8  # the comparison means something only for a model that detects the defects
+    assert int8_auroc >= fp32_auroc - 0.05
 
 
 def test_int8_keeps_the_anomaly_map_head_in_floating_point(
