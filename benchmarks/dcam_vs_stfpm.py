@@ -60,6 +60,7 @@ _FORMER_DCAM_RUNS: dict[str, dict] = {
 # name -> (model, constructor arguments, learning rate); Dcam's lr is a constructor argument.
 RUNS: dict[str, tuple[str, dict, float]] = {
     "dcam_default": ("Dcam", {}, 0.1),  # whatever Dcam's defaults are now
+    "dcam_default_push": ("Dcam", {"push_weight": 1.0}, 0.1),  # the defaults with the push-away term on
     **{name: ("Dcam", {**FORMER_DEFAULTS, **arguments}, 0.1) for name, arguments in _FORMER_DCAM_RUNS.items()},
     "stfpm_lr0.1": ("Stfpm", {}, 0.1),
     "stfpm_lr0.4": ("Stfpm", {}, 0.4),
