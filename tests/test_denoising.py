@@ -25,6 +25,9 @@ from anomalib_dcam.models.dcam.synthetic_anomaly import SyntheticAnomalyStep, de
 
 IMAGE_SIZE = 64
 EVERY_OPTION = {
+    "attention": "channel",  # DCAM's blocks and terms are off by default
+    "channel_weight": 1.0,
+    "kd_weight": 1.0,
     "synthetic_anomaly_probability": 0.5,
     "push_weight": 1.0,
     "hard_fraction": 0.25,

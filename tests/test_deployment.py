@@ -77,7 +77,15 @@ def trained(deploy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     normal textures, and the test defects score clearly higher (image AUROC well above chance), so rank correlations are
     meaningful.
     """
-    model = Dcam(pre_trained=False, pre_processor=Dcam.configure_pre_processor(image_size=(IMAGE_SIZE, IMAGE_SIZE)))
+    # DCAM's training-only attention blocks and terms on, so that deployment is checked to leave them out.
+    model = Dcam(
+        pre_trained=False,
+        attention="channel",
+        channel_weight=1.0,
+        kd_weight=1.0,
+        weight_decay=1e-4,
+        pre_processor=Dcam.configure_pre_processor(image_size=(IMAGE_SIZE, IMAGE_SIZE)),
+    )
     engine = Engine(
         max_epochs=10,
         check_val_every_n_epoch=5,  # the post-processor statistics come from the last epoch's validation

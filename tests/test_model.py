@@ -12,7 +12,7 @@ from anomalib.models.components import TimmFeatureExtractor
 from anomalib.models.image import Stfpm
 
 from anomalib_dcam import Dcam
-from anomalib_dcam.models.dcam import DcamModel, DcamTrainOutput, ImageScore
+from anomalib_dcam.models.dcam import AttentionType, DcamModel, DcamTrainOutput, ImageScore
 from conftest import requires_lite0
 
 IMAGE_SIZE = 64
@@ -108,7 +108,18 @@ def test_teacher_is_frozen_and_optimizer_sees_student_and_attention() -> None:
     assert optimized == expected
     assert optimizer.defaults["lr"] == 0.1
     assert optimizer.defaults["momentum"] == 0.9
-    assert optimizer.defaults["weight_decay"] == 1e-4
+    assert optimizer.defaults["weight_decay"] == 1e-3
+
+
+def test_defaults_train_stfpms_student_without_attention_blocks_or_extra_terms() -> None:
+    model = Dcam(pre_trained=False)
+    assert model.model.attention_type is AttentionType.NONE
+    assert len(model.model.attention) == 0
+    assert (model.loss.pixel_weight, model.loss.channel_weight, model.loss.kd_weight) == (1.0, 0.0, 0.0)
+    assert model.configure_optimizers().defaults["weight_decay"] == 1e-3
+    # DCAM's attention model is one option away.
+    dcam = Dcam(pre_trained=False, attention="channel", channel_weight=1.0, kd_weight=1.0)
+    assert len(dcam.model.attention) == 3
 
 
 @pytest.mark.parametrize("combine", ["sum", "product"])
