@@ -28,6 +28,8 @@ PHOTO_SOURCE = Path("results/anomaly_sources")
 
 # DCAM's attention and loss terms, the Dcam defaults until STFPM's student with denoising distillation beat them over
 # 5 seeds (docs/results.md). Every recorded attention run below was trained with them, so reruns stay comparable.
+# Spelt out rather than taken from ``anomalib_dcam.models.dcam.DCAM_PAPER_OPTIONS``: the records pin what was trained,
+# and this module is imported before unified.py points the Hugging Face cache at its folder.
 ATTENTION_DEFAULTS = {"attention": "channel", "channel_weight": 1.0, "kd_weight": 1.0, "weight_decay": 1e-4}
 # The defaults before denoising distillation and the top-0.1 % image score as well ("dcam" is that model).
 FORMER_DEFAULTS = {

@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from anomalib_dcam import Dcam
-from anomalib_dcam.models.dcam import DcamLoss
+from anomalib_dcam.models.dcam import DCAM_PAPER_OPTIONS, DcamLoss
 from anomalib_dcam.models.dcam.loss import (
     hard_pixel_cosine_distance,
     pixel_cosine_distance,
@@ -25,9 +25,7 @@ from anomalib_dcam.models.dcam.synthetic_anomaly import SyntheticAnomalyStep, de
 
 IMAGE_SIZE = 64
 EVERY_OPTION = {
-    "attention": "channel",  # DCAM's blocks and terms are off by default
-    "channel_weight": 1.0,
-    "kd_weight": 1.0,
+    **DCAM_PAPER_OPTIONS,  # DCAM's blocks and terms are off by default
     "synthetic_anomaly_probability": 0.5,
     "push_weight": 1.0,
     "hard_fraction": 0.25,

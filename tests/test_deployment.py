@@ -39,6 +39,7 @@ from anomalib_dcam.deploy import (
 )
 from anomalib_dcam.deploy.calibration import IMAGENET_MEAN, IMAGENET_STD
 from anomalib_dcam.deploy.quantization import _validation_function, anomaly_head_ignored_scope, compression_type_from
+from anomalib_dcam.models.dcam import DCAM_PAPER_OPTIONS
 from conftest import BIN_DIR, subprocess_env
 
 IMAGE_SIZE = 64
@@ -80,11 +81,8 @@ def trained(deploy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     # DCAM's training-only attention blocks and terms on, so that deployment is checked to leave them out.
     model = Dcam(
         pre_trained=False,
-        attention="channel",
-        channel_weight=1.0,
-        kd_weight=1.0,
-        weight_decay=1e-4,
         pre_processor=Dcam.configure_pre_processor(image_size=(IMAGE_SIZE, IMAGE_SIZE)),
+        **DCAM_PAPER_OPTIONS,
     )
     engine = Engine(
         max_epochs=10,

@@ -12,7 +12,7 @@ from anomalib.models.components import TimmFeatureExtractor
 from anomalib.models.image import Stfpm
 
 from anomalib_dcam import Dcam
-from anomalib_dcam.models.dcam import AttentionType, DcamModel, DcamTrainOutput, ImageScore
+from anomalib_dcam.models.dcam import DCAM_PAPER_OPTIONS, AttentionType, DcamModel, DcamTrainOutput, ImageScore
 from conftest import requires_lite0
 
 IMAGE_SIZE = 64
@@ -118,8 +118,10 @@ def test_defaults_train_stfpms_student_without_attention_blocks_or_extra_terms()
     assert (model.loss.pixel_weight, model.loss.channel_weight, model.loss.kd_weight) == (1.0, 0.0, 0.0)
     assert model.configure_optimizers().defaults["weight_decay"] == 1e-3
     # DCAM's attention model is one option away.
-    dcam = Dcam(pre_trained=False, attention="channel", channel_weight=1.0, kd_weight=1.0)
+    dcam = Dcam(pre_trained=False, **DCAM_PAPER_OPTIONS)
     assert len(dcam.model.attention) == 3
+    assert (dcam.loss.channel_weight, dcam.loss.kd_weight) == (1.0, 1.0)
+    assert dcam.configure_optimizers().defaults["weight_decay"] == 1e-4
 
 
 @pytest.mark.parametrize("combine", ["sum", "product"])

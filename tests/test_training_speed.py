@@ -14,6 +14,7 @@ from anomalib.engine import Engine
 from torchvision.transforms import v2
 
 from anomalib_dcam import Dcam
+from anomalib_dcam.models.dcam import DCAM_PAPER_OPTIONS
 from anomalib_dcam.models.dcam.teacher_cache import (
     TeacherFeatureCache,
     image_keys,
@@ -176,7 +177,7 @@ def test_bf16_mixed_trains_with_float32_loss_terms_and_saves_a_float32_checkpoin
     tmp_path: Path,
 ) -> None:
     # Every loss term on, DCAM's attention included, so that each is checked in float32.
-    model = _small_dcam(teacher_cache="memory", attention="channel", channel_weight=1.0, kd_weight=1.0)
+    model = _small_dcam(teacher_cache="memory", **DCAM_PAPER_OPTIONS)
     engine = _fit(model, texture_root, tmp_path, epochs=1, precision="bf16-mixed")
     for term in ("train_loss", "train_pixel_loss", "train_channel_loss", "train_kd_loss"):
         assert torch.isfinite(engine.trainer.callback_metrics[term]), term

@@ -13,7 +13,7 @@ from anomalib_dcam._autoload import expose_in_anomalib
 from .anomaly_map import AnomalyMapGenerator, CombineMode
 from .attention import AttentionPlacement, AttentionType
 from .image_score import ImageScore
-from .lightning_model import Dcam
+from .lightning_model import DCAM_PAPER_OPTIONS, Dcam
 from .loss import DcamLoss, DcamLossOutput, Reduction
 from .torch_model import DcamModel, DcamTrainOutput
 
@@ -22,6 +22,7 @@ __all__ = [
     "AttentionPlacement",
     "AttentionType",
     "CombineMode",
+    "DCAM_PAPER_OPTIONS",
     "Dcam",
     "DcamLoss",
     "DcamLossOutput",

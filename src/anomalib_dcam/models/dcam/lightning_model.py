@@ -56,9 +56,18 @@ from .teacher_cache import (
 )
 from .torch_model import DcamModel
 
-__all__ = ["Dcam"]
+__all__ = ["DCAM_PAPER_OPTIONS", "Dcam"]
 
 logger = logging.getLogger(__name__)
+
+# The paper's attention model on top of the defaults: channel DCAM blocks, channel CD and spatial KD at 1:1:1 with
+# STFPM's pixel term, and the paper's weight decay. ``Dcam(**DCAM_PAPER_OPTIONS)``.
+DCAM_PAPER_OPTIONS: dict[str, Any] = {
+    "attention": AttentionType.CHANNEL.value,
+    "channel_weight": 1.0,
+    "kd_weight": 1.0,
+    "weight_decay": 1e-4,
+}
 
 
 class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
@@ -68,7 +77,8 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
     seeds): STFPM's student and pixel term, trained with denoising distillation on synthetic defects, STFPM's product
     of the level maps and SGD (lr 0.1, momentum 0.9, weight decay 1e-3), the image score read as the mean of the map's
     top 0.1 %. The paper's best configuration (channel DCAM, channel CD, spatial KD, weight decay 1e-4) is
-    ``Dcam(attention="channel", channel_weight=1, kd_weight=1, weight_decay=1e-4)``, with STFPM's pixel term kept on
+    ``Dcam(**DCAM_PAPER_OPTIONS)``: ``attention="channel", channel_weight=1, kd_weight=1, weight_decay=1e-4``, with
+    STFPM's pixel term kept on
     and the KD term averaged over channels so that the terms stay balanced. docs/method.md explains every option and
     the reasons for each default.
 
