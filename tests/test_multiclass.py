@@ -51,7 +51,10 @@ def make_category(
     with_masks: bool = True,
     seed: int = 0,
 ) -> None:
-    """Write one category in the MVTec AD layout: noisy grey images, defects are a bright square."""
+    """Write one category in the MVTec AD layout: noisy grey images, defects are a bright square.
+
+    ``with_masks=False`` writes no ``ground_truth/`` folder: a category with image labels only.
+    """
     rng = np.random.default_rng(seed)
     shape = (IMAGE_SIZE, IMAGE_SIZE) if grayscale else (IMAGE_SIZE, IMAGE_SIZE, 3)
 
@@ -121,6 +124,7 @@ def test_union_sizes_and_category_tags(dataset_root: Path) -> None:
         "val_synthetic": int(((val.category == "a") & synthetic).sum()),
         "test_normal": 2,
         "test_anomalous": 2,
+        "masks": True,
     }
     assert summary.val.sum() + summary.val_synthetic.sum() == 4
     assert datamodule.category == "a+b"
@@ -200,10 +204,76 @@ def test_category_without_test_images(tmp_path: Path) -> None:
         datamodule.setup()
 
 
-def test_category_without_masks(tmp_path: Path) -> None:
-    make_category(tmp_path, "no_masks", with_masks=False)
-    with pytest.raises(ValueError, match=r"categories: 'no_masks' has defect images without a mask.*square/000\.png"):
-        MultiClassMVTecDataset(root=tmp_path, categories=["no_masks"], split="test")
+def test_ground_truth_folder_missing_a_mask_is_a_named_error(tmp_path: Path) -> None:
+    make_category(tmp_path, "partial_masks")
+    (tmp_path / "partial_masks" / "ground_truth" / "square" / "000_mask.png").unlink()
+    with pytest.raises(
+        ValueError, match=r"categories: 'partial_masks' has defect images without a mask.*square/000\.png"
+    ):
+        MultiClassMVTecDataset(root=tmp_path, categories=["partial_masks"], split="test")
+
+
+def test_category_without_ground_truth_has_image_labels_only(tmp_path: Path) -> None:
+    from anomalib_dcam.data.multiclass import categories_without_masks, has_masks
+    from anomalib_dcam.data.preflight import check_samples
+
+    make_category(tmp_path, "masks", seed=0)
+    make_category(tmp_path, "labels_only", with_masks=False, seed=1)
+    assert has_masks(tmp_path / "masks") and not has_masks(tmp_path / "labels_only")
+
+    alone = MultiClassMVTecDataset(root=tmp_path, categories=["labels_only"], split="test")
+    assert alone.task.value == "classification"
+    assert alone.samples.label_index.tolist() == [0, 0, 1, 1]
+    assert alone[2].gt_mask is None and int(alone[2].gt_label) == 1
+
+    both = MultiClassMVTecDataset(root=tmp_path, categories=["masks", "labels_only"], split="test")
+    assert both.task.value == "segmentation"
+    assert categories_without_masks(both) == {"labels_only"}
+    samples = both.samples
+    defect = int(samples.index[(samples.category == "labels_only") & (samples.label_index == 1)][0])
+    masked_defect = int(samples.index[(samples.category == "masks") & (samples.label_index == 1)][0])
+    # An empty mask keeps the batch collatable; the masked category keeps its real mask.
+    assert both[defect].gt_mask.shape == (IMAGE_SIZE, IMAGE_SIZE) and int(both[defect].gt_mask.sum()) == 0
+    assert int(both[masked_defect].gt_mask.sum()) > 0
+    assert ImageBatch.collate([both[defect], both[masked_defect]]).gt_mask.shape == (2, IMAGE_SIZE, IMAGE_SIZE)
+    assert check_samples(samples, ["masks", "labels_only"]) == []  # no "defective image without a mask"
+
+    datamodule = MultiClassMVTec(root=tmp_path, num_workers=0, val_split_mode="from_train")
+    datamodule.setup()
+    assert datamodule.summary().masks.to_dict() == {"labels_only": False, "masks": True}
+
+
+def test_unified_run_over_categories_with_and_without_masks_trains_tests_and_exports(tmp_path: Path) -> None:
+    from anomalib.deploy import ExportType
+
+    root = tmp_path / "data"
+    make_category(root, "masks", train_images=8, seed=0)
+    make_category(root, "labels_only", train_images=8, with_masks=False, seed=1)
+    datamodule = MultiClassMVTec(root=root, train_batch_size=8, num_workers=0, val_split_ratio=0.4)
+    report = PerCategoryMetrics(print_table=False)
+    engine = Engine(
+        max_epochs=1,
+        callbacks=[HeldOutNormalCheckpoint(), report],
+        default_root_dir=tmp_path / "run",
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+    )
+    model = small_dcam()
+    engine.train(model=model, datamodule=datamodule)
+
+    rows = {row["category"]: row for row in report.results}
+    assert rows["masks"]["masks"] is True and rows["labels_only"]["masks"] is False
+    for category in ("masks", "labels_only"):
+        assert not math.isnan(rows[category]["image_AUROC"])
+    assert not math.isnan(rows["masks"]["pixel_AUROC"]) and not math.isnan(rows["masks"]["pixel_AUPRO"])
+    assert math.isnan(rows["labels_only"]["pixel_AUROC"]) and math.isnan(rows["labels_only"]["pixel_AUPRO"])
+    # The mean and the pooled pixel metrics cover the category with masks only.
+    assert rows["mean"]["pixel_AUROC"] == pytest.approx(rows["masks"]["pixel_AUROC"])
+    assert rows["global"]["pixel_AUROC"] == pytest.approx(rows["masks"]["pixel_AUROC"])
+
+    exported = engine.export(model=model, export_type=ExportType.OPENVINO, export_root=tmp_path / "export")
+    assert exported is not None and Path(exported).is_file()
 
 
 def test_root_errors_name_the_root(tmp_path: Path) -> None:

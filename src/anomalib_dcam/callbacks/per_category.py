@@ -22,7 +22,9 @@ change the AUROC. Trainer callbacks run before the model's own callbacks (Lightn
 sees each batch before the post-processor touches it.
 
 A row's metric is empty (NaN) when it is undefined: image metrics need normal and anomalous images, pixel metrics
-need normal and anomalous pixels and a model that outputs anomaly maps.
+need normal and anomalous pixels and a model that outputs anomaly maps. A category with image labels only (no
+``ground_truth/`` folder, :func:`~anomalib_dcam.data.multiclass.categories_without_masks`) gets image metrics only;
+the ``mean`` row's pixel metrics average the categories with masks, and the ``global`` row pools their pixels.
 """
 
 import csv
@@ -42,7 +44,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.nn import functional
 
 from anomalib_dcam._validation import check_positive
-from anomalib_dcam.data.multiclass import categories_by_image_path
+from anomalib_dcam.data.multiclass import categories_by_image_path, categories_without_masks
 
 __all__ = ["METRIC_NAMES", "PerCategoryMetrics", "compute_anomaly_metrics"]
 
@@ -250,6 +252,7 @@ class PerCategoryMetrics(Callback):
         self.results: list[dict[str, Any]] = []
         self._records: dict[str, _CategoryRecord] = {}
         self._category_of: dict[str, str] | None = None
+        self._without_masks: set[str] = set()
         self._default_category = DEFAULT_CATEGORY
 
     # ------------------------------------------------------------------ collection
@@ -259,6 +262,7 @@ class PerCategoryMetrics(Callback):
         del pl_module
         self._records = {}
         self._category_of = None
+        self._without_masks = set()
         datamodule = getattr(trainer, "datamodule", None)
         self._default_category = getattr(datamodule, "category", None) or DEFAULT_CATEGORY
 
@@ -275,6 +279,7 @@ class PerCategoryMetrics(Callback):
             for dataset in datasets:
                 if dataset is not None:
                     self._category_of.update(categories_by_image_path(dataset))
+                    self._without_masks |= categories_without_masks(dataset)
         return self._category_of
 
     def on_test_batch_end(
@@ -321,7 +326,7 @@ class PerCategoryMetrics(Callback):
             record.scores.append(scores[index])
             record.labels.append(labels[index])
             record.paths.extend(None if paths[i] is None else str(paths[i]) for i in index.tolist())
-            if anomaly_maps is not None:
+            if anomaly_maps is not None and category not in self._without_masks:  # image labels only: no pixels
                 record.maps.append(anomaly_maps[index])
                 record.masks.append(masks[index])
 
@@ -332,7 +337,8 @@ class PerCategoryMetrics(Callback):
 
         Returns:
             One dict per category (sorted by name), then the ``mean`` and ``global`` rows. Every row has
-            ``category``, ``images``, ``anomalous_images`` and the :data:`METRIC_NAMES`.
+            ``category``, ``images``, ``anomalous_images``, ``masks`` (whether the category has pixel masks;
+            ``None`` in the ``mean`` and ``global`` rows) and the :data:`METRIC_NAMES`.
         """
         rows = []
         all_parts: list[tuple[torch.Tensor, ...]] = []
@@ -340,20 +346,23 @@ class PerCategoryMetrics(Callback):
             scores, labels, maps, masks = self._records[category].tensors()
             all_parts.append((scores, labels, maps, masks))
             metrics = compute_anomaly_metrics(scores, labels, maps, masks, fpr_limit=self.fpr_limit)
-            rows.append({"category": category, **self._counts(labels), **metrics})
+            masks_known = category not in self._without_masks
+            rows.append({"category": category, **self._counts(labels), "masks": masks_known, **metrics})
         if not rows:
             return []
-        mean_row: dict[str, Any] = {"category": MEAN_ROW, "images": None, "anomalous_images": None}
+        mean_row: dict[str, Any] = {"category": MEAN_ROW, "images": None, "anomalous_images": None, "masks": None}
         for name in METRIC_NAMES:
             values = [row[name] for row in rows if not math.isnan(row[name])]
             mean_row[name] = sum(values) / len(values) if values else math.nan
         scores = torch.cat([part[0] for part in all_parts])
         labels = torch.cat([part[1] for part in all_parts])
-        has_pixels = self.global_pixel_metrics and all(part[2] is not None for part in all_parts)
-        maps = torch.cat([part[2] for part in all_parts]) if has_pixels else None
-        masks = torch.cat([part[3] for part in all_parts]) if has_pixels else None
+        # The pooled pixel metrics cover the categories with masks (those with image labels only have no pixels).
+        pixel_parts = [part for part in all_parts if part[2] is not None]
+        has_pixels = self.global_pixel_metrics and bool(pixel_parts)
+        maps = torch.cat([part[2] for part in pixel_parts]) if has_pixels else None
+        masks = torch.cat([part[3] for part in pixel_parts]) if has_pixels else None
         global_metrics = compute_anomaly_metrics(scores, labels, maps, masks, fpr_limit=self.fpr_limit)
-        global_row = {"category": GLOBAL_ROW, **self._counts(labels), **global_metrics}
+        global_row = {"category": GLOBAL_ROW, **self._counts(labels), "masks": None, **global_metrics}
         return [*rows, mean_row, global_row]
 
     @staticmethod
@@ -403,7 +412,7 @@ class PerCategoryMetrics(Callback):
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    return list(rows[0]) if rows else ["category", "images", "anomalous_images", *METRIC_NAMES]
+    return list(rows[0]) if rows else ["category", "images", "anomalous_images", "masks", *METRIC_NAMES]
 
 
 def _is_missing(value: object) -> bool:
@@ -434,6 +443,7 @@ def write_json(rows: Sequence[Mapping[str, Any]], path: Path, fpr_limit: float) 
             "image_F1Max": "image F1 at the F1-optimal threshold of each row (global: one threshold for all images)",
             "pixel_AUROC": "area under the ROC curve of the anomaly-map pixels",
             "pixel_AUPRO": f"area under the per-region-overlap curve up to FPR {fpr_limit}, divided by {fpr_limit}",
+            "masks": "whether the category has pixel masks (without them: image metrics only)",
             "mean": "mean over the categories of the defined values",
             "scores": "raw model outputs, before anomalib's post-processing",
         },

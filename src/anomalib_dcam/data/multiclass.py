@@ -13,12 +13,17 @@ The batches anomalib builds (:class:`~anomalib.data.ImageBatch`) have no categor
 ``image_path``; :func:`categories_by_image_path` maps those paths back to the category, which is what
 :class:`anomalib_dcam.callbacks.PerCategoryMetrics` does at test time.
 
+Many lines label images OK/NG and never draw masks: a category without a ``ground_truth/`` folder is read with image
+labels only (:func:`has_masks`). It trains and tests with the others; its defect images carry an empty mask so that
+batches collate, and the per-category report gives it image metrics only (:func:`categories_without_masks`). A
+category whose ``ground_truth/`` exists must still have a mask for every defect image.
+
 Expected layout (the MVTec AD layout)::
 
     <root>/<category>/train/good/*.png
     <root>/<category>/test/good/*.png
     <root>/<category>/test/<defect>/*.png
-    <root>/<category>/ground_truth/<defect>/*_mask.png
+    <root>/<category>/ground_truth/<defect>/*_mask.png   (optional: without it, image labels only)
 
 Example:
     >>> from anomalib_dcam.data import MultiClassMVTec
@@ -35,16 +40,20 @@ from pathlib import Path
 from tempfile import mkdtemp
 
 import pandas as pd
+import torch
+from anomalib import TaskType
+from anomalib.data import ImageItem
 from anomalib.data.datamodules.base.image import AnomalibDataModule
 from anomalib.data.datasets.base.image import AnomalibDataset
 from anomalib.data.datasets.image.mvtecad import IMG_EXTENSIONS, MVTecADDataset
 from anomalib.data.errors import MisMatchError
-from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode, random_split
+from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode, random_split, read_image
 from anomalib.data.utils.synthetic import ROOT as SYNTHETIC_ROOT
 from anomalib.data.utils.synthetic import SyntheticAnomalyDataset, make_synthetic_dataset
 from anomalib.utils.path import resolve_dataset_root
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
+from torchvision.tv_tensors import Mask
 
 from anomalib_dcam._validation import coerce_choice
 from anomalib_dcam.data.preflight import (
@@ -62,7 +71,9 @@ __all__ = [
     "MultiClassMVTec",
     "MultiClassMVTecDataset",
     "categories_by_image_path",
+    "categories_without_masks",
     "find_categories",
+    "has_masks",
     "resolve_categories",
 ]
 
@@ -176,13 +187,51 @@ def _defect_images_without_mask(category_root: Path) -> list[str]:
     return missing
 
 
+def _samples_without_masks(category_root: Path) -> pd.DataFrame:
+    """Read a category that has no ``ground_truth/`` folder: image labels only, no masks.
+
+    The table has the columns and order of anomalib's MVTec AD reader (``path``, ``split``, ``label``, ``image_path``,
+    ``mask_path``, ``label_index``), with an empty ``mask_path`` everywhere and the classification task.
+    """
+    category_root = category_root.resolve()  # absolute paths, as anomalib's reader gives
+    rows = [
+        (str(category_root), path.parts[-3], path.parts[-2], str(path))
+        for split in ("train", "test")
+        for path in sorted((category_root / split).glob("*/*"))
+        if path.suffix in IMG_EXTENSIONS
+    ]
+    samples = pd.DataFrame(rows, columns=["path", "split", "label", "image_path"])
+    samples["mask_path"] = ""
+    samples["label_index"] = (samples.label != "good").astype(int)
+    return samples.sort_values(by="image_path", ignore_index=True)
+
+
+def has_masks(category_root: str | Path) -> bool:
+    """Whether an MVTec-layout category has pixel masks (a ``ground_truth/`` folder).
+
+    A category without one has image labels only (OK/NG, as on many lines): it gets image metrics, and no pixel
+    metrics. A category whose ``ground_truth/`` exists must have a mask for every defect image.
+    """
+    return (Path(category_root) / "ground_truth").is_dir()
+
+
 def _category_samples(root: Path, category: str, split: Split | str | None) -> pd.DataFrame:
     """Read one category with anomalib's MVTec AD reader and tag its samples with the category.
 
+    A category without a ``ground_truth/`` folder is read with image labels only (:func:`has_masks`).
+
     Raises:
-        ValueError: If the category has no test images, no training images, or defect images without masks.
+        ValueError: If the category has no test images, no training images, or a ``ground_truth/`` folder that lacks
+            the mask of a defect image.
     """
     category_root = root / category
+    if not has_masks(category_root):
+        samples = _samples_without_masks(category_root)
+        split_value = split.value if isinstance(split, Split) else split
+        if split_value is not None:
+            samples = samples[samples.split == split_value].reset_index(drop=True)
+        samples.attrs["task"] = TaskType.CLASSIFICATION.value
+        return _checked_category_samples(samples, category, category_root, split)
     try:
         # anomalib reads the whole category folder (train, test and ground_truth) whatever the split.
         samples = MVTecADDataset(root=root, category=category, split=split).samples
@@ -198,7 +247,16 @@ def _category_samples(root: Path, category: str, split: Split | str | None) -> p
         else:
             msg = f"categories: {category!r} could not be read from {category_root}: {error}"
         raise ValueError(msg) from error
+    return _checked_category_samples(samples, category, category_root, split)
 
+
+def _checked_category_samples(
+    samples: pd.DataFrame,
+    category: str,
+    category_root: Path,
+    split: Split | str | None,
+) -> pd.DataFrame:
+    """Check that a category has the training and test images its split needs and tag its samples."""
     split_value = split.value if isinstance(split, Split) else split
     for required_split, folder in ((Split.TEST.value, "test"), (Split.TRAIN.value, "train/good")):
         if split_value in {None, required_split} and not (samples.split == required_split).any():
@@ -224,7 +282,7 @@ class MultiClassMVTecDataset(AnomalibDataset):
 
     Raises:
         ValueError: If ``root`` or ``categories`` is invalid (see :func:`resolve_categories`), or if a category has
-            no test images, no training images, or defect images without masks.
+            no test images, no training images, or a ``ground_truth/`` folder without the mask of a defect image.
 
     Example:
         >>> dataset = MultiClassMVTecDataset("./datasets/MVTecAD", ["bottle", "cable"], split="test")  # doctest: +SKIP
@@ -252,10 +310,35 @@ class MultiClassMVTecDataset(AnomalibDataset):
         if errors:
             raise ValueError("\n".join(errors))
         samples = pd.concat(frames, ignore_index=True)
-        # Every category must agree on the task; anomalib infers "segmentation" whenever it reads masks.
-        samples.attrs["task"] = frames[0].attrs.get("task", "segmentation")
+        # Segmentation as soon as one category has masks (anomalib infers it whenever it reads masks); the defect
+        # images of categories without masks then get an empty mask (see __getitem__).
+        tasks = {frame.attrs.get("task", TaskType.SEGMENTATION.value) for frame in frames}
+        segmentation = TaskType.SEGMENTATION.value in tasks
+        samples.attrs["task"] = TaskType.SEGMENTATION.value if segmentation else TaskType.CLASSIFICATION.value
         self.samples = samples
         self.category = run_name(self.categories, available)
+
+    def __getitem__(self, index: int) -> ImageItem:
+        """Anomalib's item; a defect image of a category without masks gets an empty mask in a segmentation set.
+
+        The empty mask only keeps the batch collatable next to categories with masks: its pixels are never scored
+        (:class:`~anomalib_dcam.callbacks.PerCategoryMetrics` leaves categories without masks out of pixel metrics,
+        :func:`categories_without_masks`).
+        """
+        sample = self.samples.iloc[index]
+        if self.task != TaskType.SEGMENTATION or sample.label_index != LabelName.ABNORMAL or sample.mask_path:
+            return super().__getitem__(index)
+        image = read_image(sample.image_path, as_tensor=True)
+        gt_mask = Mask(torch.zeros(image.shape[-2:], dtype=torch.uint8))
+        if self.augmentations:
+            image, gt_mask = self.augmentations(image, gt_mask)
+        return ImageItem(
+            image=image,
+            gt_mask=gt_mask,
+            gt_label=torch.tensor(int(sample.label_index)),
+            image_path=sample.image_path,
+            mask_path="",
+        )
 
 
 def _samples_or_none(dataset: object) -> pd.DataFrame | None:
@@ -282,6 +365,25 @@ def categories_by_image_path(dataset: AnomalibDataset) -> dict[str, str]:
     if samples is None or CATEGORY_COLUMN not in samples.columns:
         return {}
     return dict(zip(samples.image_path.astype(str), samples[CATEGORY_COLUMN].astype(str), strict=True))
+
+
+def categories_without_masks(dataset: AnomalibDataset) -> set[str]:
+    """The categories of a dataset whose defect images have no masks (image labels only).
+
+    Args:
+        dataset: Any anomalib dataset whose ``samples`` have a ``category`` column, e.g. ``datamodule.test_data``.
+
+    Returns:
+        The categories with defect images of which none has a mask; empty for a table without categories or
+        without defect images (a training set).
+    """
+    samples = _samples_or_none(dataset)
+    if samples is None or CATEGORY_COLUMN not in samples.columns or "mask_path" not in samples.columns:
+        return set()
+    defects = samples[samples.label_index == LabelName.ABNORMAL]
+    with_mask = defects.mask_path.fillna("").astype(str) != ""
+    masked = with_mask.groupby(defects[CATEGORY_COLUMN].astype(str)).any()
+    return {str(category) for category, any_mask in masked.items() if not any_mask}
 
 
 class CategorySyntheticAnomalyDataset(SyntheticAnomalyDataset):
@@ -525,8 +627,9 @@ class MultiClassMVTec(AnomalibDataModule):
 
         Returns:
             One row per category with the columns ``train``, ``val`` (held-out normals), ``val_synthetic``
-            (synthetic anomalies made from them), ``test_normal`` and ``test_anomalous``; a subset that does not
-            exist, or that carries no category, is left out.
+            (synthetic anomalies made from them), ``test_normal`` and ``test_anomalous`` (a subset that does not
+            exist, or that carries no category, is left out), and ``masks``: whether the category has pixel masks
+            (:func:`has_masks`; without them it gets image metrics only).
         """
         columns = {}
         for subset in ("train", "val", "test"):
@@ -544,5 +647,6 @@ class MultiClassMVTec(AnomalibDataModule):
             else:
                 columns[subset] = samples.groupby(CATEGORY_COLUMN).size()
         table = pd.DataFrame(columns).reindex(self.categories).fillna(0).astype(int)
+        table["masks"] = [has_masks(Path(self.root) / category) for category in self.categories]
         table.index.name = CATEGORY_COLUMN
         return table

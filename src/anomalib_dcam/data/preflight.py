@@ -8,7 +8,8 @@ One truncated PNG among thousands stops a training run with ``OSError: image fil
 GIL) and reports all problems at once:
 
 - an image or mask that does not decode (truncated, empty, not an image);
-- a defective test image without a mask (in a segmentation dataset);
+- a defective test image without a mask (in a category that has masks; a category without a ``ground_truth/``
+  folder has image labels only);
 - a mask whose size differs from its image's;
 - a category without training or without test images.
 
@@ -94,9 +95,16 @@ def check_samples(
     masks = samples["mask_path"].fillna("").astype(str) if "mask_path" in samples else pd.Series([""] * len(samples))
     images = samples["image_path"].astype(str).tolist()
     decoded = _decode_all([*images, *(mask for mask in masks if mask)], workers)
-    segmentation = bool((masks != "").any())
+    # A defect image needs a mask where its category has masks; a category without any has image labels only.
+    if "category" in samples:
+        masked_categories = set(samples["category"][(masks != "").to_numpy()])
+        needs_mask = samples["category"].isin(masked_categories).tolist()
+    else:
+        needs_mask = [bool((masks != "").any())] * len(samples)
     problems: list[BadFile] = []
-    for image, mask, label in zip(images, masks, samples["label_index"].tolist(), strict=True):
+    for image, mask, label, segmentation in zip(
+        images, masks, samples["label_index"].tolist(), needs_mask, strict=True
+    ):
         size, reason = decoded[image]
         if reason:
             problems.append(BadFile(image, reason))
@@ -160,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: up to 8)")
     args = parser.parse_args(argv)
 
-    from anomalib_dcam.data.multiclass import MultiClassMVTecDataset, find_categories
+    from anomalib_dcam.data.multiclass import MultiClassMVTecDataset, find_categories, has_masks
 
     start = time.perf_counter()
     if find_categories(args.root):
@@ -179,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     for bad in problems:
         print(f"{bad.path}: {bad.reason}")
+    if categories is not None:
+        without = [category for category in categories if not has_masks(args.root / category)]
+        if without:
+            print(f"Image labels only (no ground_truth/, no pixel metrics): {', '.join(without)}.")
     rate = f"{seconds / max(len(samples), 1) * 1000:.1f} s per 1,000 images"
     print(f"{len(samples)} images (and their masks) checked in {seconds:.1f} s ({rate}): {len(problems)} bad file(s).")
     return 1 if problems else 0
