@@ -62,6 +62,9 @@ _FORMER_DCAM_RUNS: dict[str, dict] = {
     "dcam_denoise_p0.5_push": {"synthetic_anomaly_probability": 0.5, "push_weight": 1.0},
     "dcam_hkd0.1": {"hard_fraction": 0.1, "global_weight": 1.0},
 }
+# Stands for anomalib_dcam.models.dcam.STFPM_OPTIONS in RUNS, read when a model is built (see ATTENTION_DEFAULTS on
+# why this module does not import the package).
+STFPM_PRESET = "stfpm_options"
 # name -> (model, constructor arguments, learning rate); Dcam's lr is a constructor argument.
 RUNS: dict[str, tuple[str, dict, float]] = {
     "dcam_default": ("Dcam", {}, 0.1),  # whatever Dcam's defaults are now
@@ -70,6 +73,8 @@ RUNS: dict[str, tuple[str, dict, float]] = {
     "dcam_denoise_attention_push": ("Dcam", {**ATTENTION_DEFAULTS, "push_weight": 1.0}, 0.1),
     **{name: ("Dcam", {**FORMER_DEFAULTS, **arguments}, 0.1) for name, arguments in _FORMER_DCAM_RUNS.items()},
     "stfpm_lr0.1": ("Stfpm", {}, 0.1),
+    # Dcam trained exactly like anomalib's Stfpm with the teacher cache (STFPM_OPTIONS): the Stfpm row of long grids.
+    "stfpm_lr0.1_cached": ("Dcam", {STFPM_PRESET: True}, 0.1),
     "stfpm_lr0.4": ("Stfpm", {}, 0.4),
 }
 
@@ -80,6 +85,11 @@ def build_model(name: str, dcam_options: dict | None = None):
     from anomalib_dcam.benchmark.models import TunedStfpm
 
     model_name, arguments, lr = RUNS[name]
+    arguments = dict(arguments)
+    if arguments.pop(STFPM_PRESET, False):
+        from anomalib_dcam.models.dcam import STFPM_OPTIONS
+
+        arguments = {**STFPM_OPTIONS, **arguments}
     if arguments.get("synthetic_anomaly_source") == PHOTO_SOURCE:
         from anomalib_dcam.demo import write_anomaly_sources
 

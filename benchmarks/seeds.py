@@ -15,10 +15,11 @@ Example:
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
-from unified import METRICS, run_folder
+from unified import METRICS, record_rows, run_folder
 
 
 def parse_row(spec: str) -> tuple[str, str]:
@@ -37,11 +38,15 @@ def load(records: Path, categories: list[str], epochs: int, seed: int, spec: str
     path = records / run_folder(categories, epochs, seed, speed) / f"{run}.json"
     if not path.is_file():
         return None
-    return {row["category"]: row for row in json.loads(path.read_text())}
+    return {row["category"]: row for row in record_rows(json.loads(path.read_text()))}
 
 
 def mean_std(values: list[float], signed: bool = False) -> str:
-    """``mean ± std`` (sample std; ``± -`` for one value); ``signed`` writes the mean's sign (a difference)."""
+    """``mean ± std`` (sample std; ``± -`` for one value); ``signed`` writes the mean's sign (a difference).
+
+    Undefined values (pixel metrics of a category with image labels only) are left out.
+    """
+    values = [value for value in values if value is not None and not math.isnan(value)]
     if not values:
         return "-"
     spread = f"{statistics.stdev(values):.3f}" if len(values) > 1 else "-"

@@ -15,11 +15,15 @@ Dcam with its teacher-feature cache and channels-last, float32, no data-loader w
 mixed precision. ``--speed reference`` trains in float32, recomputing the teacher, with 2 loader workers (the
 accuracy reference of those settings).
 
-Each run writes ``per_category_metrics.{csv,json}`` into ``<output>/<data>_e<epochs>_s<seed>[_<speed>]/<run>/``
-and its rows into ``<records>/`` with the same layout (small JSON files meant to be kept with the code, so that a
-multi-seed comparison can span several working sessions; ``benchmarks/seeds.py`` summarises them). Finished runs,
-found in either place, are skipped on a rerun. ``--runs`` takes the names of ``RUNS`` in ``dcam_vs_stfpm.py`` (the
-ablation variants of Dcam included), each with the suffix ``:unified`` or ``:one_class``.
+Each run writes ``per_category_metrics.{csv,json}`` and the per-image scores (written before any metric) into
+``<output>/<data>_e<epochs>_s<seed>[_<speed>]/<run>/``, and a record into ``<records>/`` with the same layout: a small
+JSON file kept with the code (:mod:`anomalib_dcam.benchmark.records`) holding the fully resolved settings (model,
+post-processor, datamodule and trainer arguments after defaults, seed, report options, package versions), the commit
+and dirty flag, and the per-category rows, so that a multi-seed comparison can span several working sessions
+(``benchmarks/seeds.py`` summarises them). A run is skipped on a rerun only when its record holds exactly the same
+settings; after a default changes, a run named after the defaults is trained again. ``--runs`` takes the names of
+``RUNS`` in ``dcam_vs_stfpm.py`` (the ablation variants of Dcam included), each with the suffix ``:unified`` or
+``:one_class``.
 
 Example:
     python benchmarks/unified.py --categories bottle magnetic_tile --epochs 5 \
@@ -27,10 +31,9 @@ Example:
 """
 
 import argparse
-import json
+import math
 import os
 import platform
-import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +41,13 @@ from pathlib import Path
 from dcam_vs_stfpm import BACKBONE, RUNS, build_model
 
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Max")
+
+
+def nan_mean(values: list[float | None]) -> float:
+    """Mean of the defined values (pixel metrics are undefined for categories with image labels only)."""
+    defined = [value for value in values if value is not None and not math.isnan(value)]
+    return sum(defined) / len(defined) if defined else math.nan
+
 
 # Trainer, data-loader and Dcam settings of each --speed profile. "fast" matches the configs' defaults
 # (docs/training_speed.md); "bf16" adds bf16 mixed precision; "reference" is float32, teacher recomputed, 2 workers.
@@ -54,20 +64,19 @@ def run_folder(categories: list[str], epochs: int, seed: int, speed: str) -> str
     return f"{'+'.join(categories)}_e{epochs}_s{seed}{suffix}"
 
 
-def train_and_test(
+def build_run(
     run: str,
     categories: list[str],
     root: Path,
     epochs: int,
     seed: int,
-    run_dir: Path,
     speed: str,
-) -> list[dict]:
-    """Train one model on ``categories`` with the ``speed`` profile and return its per-category rows."""
-    from anomalib.engine import Engine
+    global_pixel_metrics: bool,
+) -> tuple[object, object, dict, dict]:
+    """Build one run's model and datamodule (after seeding) and the resolved settings that decide its result."""
     from lightning.pytorch import seed_everything
 
-    from anomalib_dcam.callbacks import HeldOutNormalCheckpoint, PerCategoryMetrics
+    from anomalib_dcam.benchmark.records import run_settings
     from anomalib_dcam.data import MultiClassMVTec
 
     seed_everything(seed, workers=True)
@@ -82,22 +91,53 @@ def train_and_test(
         val_split_ratio=0.2,
         seed=seed,
     )
-    report = PerCategoryMetrics(output_dir=run_dir, global_pixel_metrics=len(categories) > 1)
+    trainer = {"max_epochs": epochs, "accelerator": "cpu", "devices": 1, "precision": profile["precision"]}
+    model = build_model(run, dcam_options=profile["dcam"])
+    settings = run_settings(
+        model,
+        datamodule,
+        trainer,
+        seed,
+        run=run,
+        speed=speed,
+        model_selection="HeldOutNormalCheckpoint (lowest mean score on the held-out 20 % of training normals)",
+        report={"callback": "PerCategoryMetrics", "global_pixel_metrics": global_pixel_metrics},
+    )
+    return model, datamodule, trainer, settings
+
+
+def train_and_test(
+    model: object,
+    datamodule: object,
+    trainer: dict,
+    run_dir: Path,
+    global_pixel_metrics: bool,
+) -> list[dict]:
+    """Train a built run, test the selected checkpoint and return its per-category rows.
+
+    The per-image scores are written (``per_category_metrics_scores.csv``) before any metric is computed.
+    """
+    from anomalib.engine import Engine
+
+    from anomalib_dcam.callbacks import HeldOutNormalCheckpoint, PerCategoryMetrics
+
+    report = PerCategoryMetrics(output_dir=run_dir, global_pixel_metrics=global_pixel_metrics, save_scores=True)
     engine = Engine(
-        max_epochs=epochs,
+        **trainer,
         default_root_dir=run_dir,
         logger=False,
-        accelerator="cpu",
-        devices=1,
-        precision=profile["precision"],
         callbacks=[HeldOutNormalCheckpoint(), report],
     )
-    model = build_model(run, dcam_options=profile["dcam"])
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     fit_seconds = time.perf_counter() - start
     engine.test(model=model, datamodule=datamodule, verbose=False)
     return [{**row, "fit_seconds": round(fit_seconds, 1)} for row in report.results]
+
+
+def record_rows(record: dict | list) -> list[dict]:
+    """The per-category rows of a record (records written before settings were stored are plain row lists)."""
+    return record["results"] if isinstance(record, dict) else record
 
 
 def main() -> None:
@@ -111,6 +151,11 @@ def main() -> None:
     parser.add_argument("--speed", choices=sorted(SPEED_PROFILES), default="fast")
     parser.add_argument("--output", type=Path, default=Path("results/unified"))
     parser.add_argument("--records", type=Path, default=Path(__file__).parent / "records" / "unified")
+    parser.add_argument(
+        "--global-pixel-metrics",
+        action="store_true",
+        help="also pool every pixel of the categories with masks for the report's global row (minutes, GBs)",
+    )
     args = parser.parse_args()
     for spec in args.runs:
         name, _, setting = spec.partition(":")
@@ -122,6 +167,7 @@ def main() -> None:
     cache = args.output / "hf-cache"
     os.environ["HF_HUB_CACHE"] = str(cache.resolve())  # before huggingface_hub is imported
     os.environ["HF_HUB_OFFLINE"] = "1"
+    from anomalib_dcam.benchmark.records import load_matching, write_record
     from anomalib_dcam.weights import install_hf_cache
 
     install_hf_cache(cache)
@@ -130,31 +176,28 @@ def main() -> None:
     for spec in args.runs:
         name, _, setting = spec.partition(":")
         run_dir = output / f"{name}_{setting}"
-        done, record = run_dir / "rows.json", records / f"{name}_{setting}.json"
-        finished = next((path for path in (record, done) if path.is_file()), None)
-        if finished is not None:
-            print(f"[skip] {spec}: already in {finished}", flush=True)
-            table[spec] = json.loads(finished.read_text())
-            if not record.is_file():
-                record.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(finished, record)
+        record_path = records / f"{name}_{setting}.json"
+        groups = [args.categories] if setting == "unified" else [[category] for category in args.categories]
+        built = [
+            build_run(name, group, args.root, args.epochs, args.seed, args.speed, args.global_pixel_metrics)
+            for group in groups
+        ]
+        settings = {"setting": setting, "runs": [settings for *_, settings in built]}
+        record = load_matching(record_path, settings)
+        if record is not None:
+            print(f"[skip] {spec}: recorded with the same settings in {record_path}", flush=True)
+            table[spec] = record_rows(record)
             continue
         print(f"[run] {spec}: {args.epochs} epochs on {', '.join(args.categories)}", flush=True)
-        if setting == "unified":
-            rows = train_and_test(name, args.categories, args.root, args.epochs, args.seed, run_dir, args.speed)
-        else:
-            rows = []
-            for category in args.categories:
-                category_rows = train_and_test(
-                    name, [category], args.root, args.epochs, args.seed, run_dir / category, args.speed
-                )
-                rows += [row for row in category_rows if row["category"] == category]
-            means = {metric: sum(row[metric] for row in rows) / len(rows) for metric in METRICS}
+        rows = []
+        for group, (model, datamodule, trainer, _) in zip(groups, built, strict=True):
+            folder = run_dir if setting == "unified" else run_dir / group[0]
+            group_rows = train_and_test(model, datamodule, trainer, folder, args.global_pixel_metrics)
+            rows += group_rows if setting == "unified" else [row for row in group_rows if row["category"] == group[0]]
+        if setting == "one_class":
+            means = {metric: nan_mean([row[metric] for row in rows]) for metric in METRICS}
             rows.append({"category": "mean", **means, "fit_seconds": sum(row["fit_seconds"] for row in rows)})
-        run_dir.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps(rows, indent=2))
-        record.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(done, record)
+        write_record(record_path, settings, rows)
         table[spec] = rows
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")

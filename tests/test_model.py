@@ -272,3 +272,52 @@ def test_image_score_option_reaches_the_model_and_its_prediction() -> None:
 def test_bad_image_score_fraction_names_the_option(value: object) -> None:
     with pytest.raises(ValueError, match=r"image_score_top_fraction=.*\[0, 1\]"):
         Dcam(pre_trained=False, image_score_top_fraction=value)
+
+
+def test_stfpm_options_with_the_teacher_cache_train_like_anomalibs_stfpm(texture_root, tmp_path) -> None:
+    """``Dcam(**STFPM_OPTIONS)`` with the cache: Stfpm's loss on the same batches, Stfpm's weights after training."""
+    from anomalib.pre_processing import PreProcessor
+    from lightning.pytorch import Callback
+    from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+    from anomalib_dcam.data import MultiClassMVTec
+    from anomalib_dcam.models.dcam import STFPM_OPTIONS
+    from conftest import quiet_engine
+
+    def pre_processor() -> PreProcessor:
+        transform = Compose([Resize((32, 32), antialias=True), Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+        return PreProcessor(transform=transform)
+
+    class BatchLosses(Callback):
+        def __init__(self) -> None:
+            self.losses: list[float] = []
+
+        def on_train_batch_end(
+            self, trainer: object, pl_module: object, outputs: dict, batch: object, batch_idx: int
+        ) -> None:
+            self.losses.append(float(outputs["loss"]))
+
+    def random_extractor(**kwargs: object) -> TimmFeatureExtractor:
+        return TimmFeatureExtractor(**{**kwargs, "pre_trained": False})
+
+    with mock.patch("anomalib.models.image.stfpm.torch_model.TimmFeatureExtractor", random_extractor):
+        stfpm = Stfpm(backbone="resnet18", pre_processor=pre_processor())
+    dcam = Dcam(pre_trained=False, **STFPM_OPTIONS, lr=0.4, teacher_cache="memory", pre_processor=pre_processor())
+    dcam.model.load_state_dict(stfpm.model.state_dict())
+
+    losses = {}
+    for name, model in (("stfpm", stfpm), ("dcam", dcam)):
+        recorder = BatchLosses()
+        datamodule = MultiClassMVTec(root=texture_root, train_batch_size=4, num_workers=0, seed=0)
+        # Two epochs: the second reads the teacher's features from the cache.
+        engine = quiet_engine(tmp_path / name, epochs=2, callbacks=[recorder], limit_val_batches=0)
+        engine.fit(model=model, datamodule=datamodule)
+        losses[name] = recorder.losses
+    images = len(datamodule.train_data)
+    assert dcam.teacher_cache.stats.misses == dcam.teacher_cache.stats.hits == images  # cached once, read once
+    assert len(losses["dcam"]) == 2 * -(-images // 4)
+    assert losses["dcam"] == pytest.approx(losses["stfpm"], rel=1e-5)
+    for (name, stfpm_parameter), dcam_parameter in zip(
+        stfpm.model.student_model.named_parameters(), dcam.model.student_model.parameters(), strict=True
+    ):
+        torch.testing.assert_close(dcam_parameter, stfpm_parameter, rtol=1e-5, atol=1e-6, msg=name)

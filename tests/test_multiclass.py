@@ -219,12 +219,14 @@ def test_category_without_ground_truth_has_image_labels_only(tmp_path: Path) -> 
 
     make_category(tmp_path, "masks", seed=0)
     make_category(tmp_path, "labels_only", with_masks=False, seed=1)
-    assert has_masks(tmp_path / "masks") and not has_masks(tmp_path / "labels_only")
+    assert has_masks(tmp_path / "masks")
+    assert not has_masks(tmp_path / "labels_only")
 
     alone = MultiClassMVTecDataset(root=tmp_path, categories=["labels_only"], split="test")
     assert alone.task.value == "classification"
     assert alone.samples.label_index.tolist() == [0, 0, 1, 1]
-    assert alone[2].gt_mask is None and int(alone[2].gt_label) == 1
+    assert alone[2].gt_mask is None
+    assert int(alone[2].gt_label) == 1
 
     both = MultiClassMVTecDataset(root=tmp_path, categories=["masks", "labels_only"], split="test")
     assert both.task.value == "segmentation"
@@ -233,7 +235,8 @@ def test_category_without_ground_truth_has_image_labels_only(tmp_path: Path) -> 
     defect = int(samples.index[(samples.category == "labels_only") & (samples.label_index == 1)][0])
     masked_defect = int(samples.index[(samples.category == "masks") & (samples.label_index == 1)][0])
     # An empty mask keeps the batch collatable; the masked category keeps its real mask.
-    assert both[defect].gt_mask.shape == (IMAGE_SIZE, IMAGE_SIZE) and int(both[defect].gt_mask.sum()) == 0
+    assert both[defect].gt_mask.shape == (IMAGE_SIZE, IMAGE_SIZE)
+    assert int(both[defect].gt_mask.sum()) == 0
     assert int(both[masked_defect].gt_mask.sum()) > 0
     assert ImageBatch.collate([both[defect], both[masked_defect]]).gt_mask.shape == (2, IMAGE_SIZE, IMAGE_SIZE)
     assert check_samples(samples, ["masks", "labels_only"]) == []  # no "defective image without a mask"
@@ -263,17 +266,21 @@ def test_unified_run_over_categories_with_and_without_masks_trains_tests_and_exp
     engine.train(model=model, datamodule=datamodule)
 
     rows = {row["category"]: row for row in report.results}
-    assert rows["masks"]["masks"] is True and rows["labels_only"]["masks"] is False
+    assert rows["masks"]["masks"] is True
+    assert rows["labels_only"]["masks"] is False
     for category in ("masks", "labels_only"):
         assert not math.isnan(rows[category]["image_AUROC"])
-    assert not math.isnan(rows["masks"]["pixel_AUROC"]) and not math.isnan(rows["masks"]["pixel_AUPRO"])
-    assert math.isnan(rows["labels_only"]["pixel_AUROC"]) and math.isnan(rows["labels_only"]["pixel_AUPRO"])
+    assert not math.isnan(rows["masks"]["pixel_AUROC"])
+    assert not math.isnan(rows["masks"]["pixel_AUPRO"])
+    assert math.isnan(rows["labels_only"]["pixel_AUROC"])
+    assert math.isnan(rows["labels_only"]["pixel_AUPRO"])
     # The mean and the pooled pixel metrics cover the category with masks only.
     assert rows["mean"]["pixel_AUROC"] == pytest.approx(rows["masks"]["pixel_AUROC"])
     assert rows["global"]["pixel_AUROC"] == pytest.approx(rows["masks"]["pixel_AUROC"])
 
     exported = engine.export(model=model, export_type=ExportType.OPENVINO, export_root=tmp_path / "export")
-    assert exported is not None and Path(exported).is_file()
+    assert exported is not None
+    assert Path(exported).is_file()
 
 
 def test_root_errors_name_the_root(tmp_path: Path) -> None:

@@ -217,6 +217,8 @@ class PerCategoryMetrics(Callback):
         print_table: Print the table at the end of the test. Defaults to ``True``.
         global_pixel_metrics: Compute pixel AUROC and AUPRO over all pixels pooled for the ``global`` row.
             Defaults to ``True``.
+        save_scores: Write every test image's raw score, label and category to ``<filename>_scores.csv`` before
+            any metric is computed, so that a failure in the metrics loses no prediction. Defaults to ``False``.
 
     Raises:
         ValueError: If ``fpr_limit`` is not in (0, 1] or ``filename`` is empty.
@@ -236,6 +238,7 @@ class PerCategoryMetrics(Callback):
         filename: str = "per_category_metrics",
         print_table: bool = True,
         global_pixel_metrics: bool = True,
+        save_scores: bool = False,
     ) -> None:
         super().__init__()
         self.fpr_limit = check_positive(fpr_limit, "fpr_limit")
@@ -249,6 +252,7 @@ class PerCategoryMetrics(Callback):
         self.filename = filename
         self.print_table = print_table
         self.global_pixel_metrics = global_pixel_metrics
+        self.save_scores = save_scores
         self.results: list[dict[str, Any]] = []
         self._records: dict[str, _CategoryRecord] = {}
         self._category_of: dict[str, str] | None = None
@@ -374,6 +378,8 @@ class PerCategoryMetrics(Callback):
         del pl_module
         if trainer.world_size > 1:
             self._gather(trainer)
+        if self.save_scores:
+            self._write_scores(Path(self.output_dir or trainer.default_root_dir))
         self.results = self.compute()
         self._records = {}  # free the maps
         if not self.results:
@@ -397,6 +403,17 @@ class PerCategoryMetrics(Callback):
                 "PerCategoryMetrics: some test batches carry no image_path, so images that the distributed sampler "
                 "repeated to even out the processes cannot be recognised and may count twice.",
             )
+
+    @rank_zero_only
+    def _write_scores(self, output_dir: Path) -> None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with (output_dir / f"{self.filename}_scores.csv").open("w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["image_path", "category", "gt_label", "pred_score"])
+            for category, record in sorted(self._records.items()):
+                scores, labels, _, _ = record.tensors()
+                paths = record.paths or [None] * len(scores)
+                writer.writerows(zip(paths, [category] * len(scores), labels.tolist(), scores.tolist(), strict=True))
 
     @rank_zero_only
     def _report(self, output_dir: Path) -> None:

@@ -15,6 +15,7 @@ from .attention import AttentionPlacement, AttentionType
 from .image_score import ImageScore
 from .lightning_model import DCAM_PAPER_OPTIONS, Dcam
 from .loss import DcamLoss, DcamLossOutput, Reduction
+from .presets import STFPM_OPTIONS
 from .torch_model import DcamModel, DcamTrainOutput
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "DcamTrainOutput",
     "ImageScore",
     "Reduction",
+    "STFPM_OPTIONS",
 ]
 
 expose_in_anomalib(Dcam)
