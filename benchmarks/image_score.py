@@ -11,15 +11,18 @@ and seed, runs them once over the test set and derives the image score of every 
 - ``top1%`` and ``top0.1%``: the mean of the highest 1 % / 0.1 % of the map's pixels (Dcam's
   ``image_score_top_fraction=0.01`` / ``0.001``);
 - ``blur4_max``: the maximum after a Gaussian blur with sigma 4 px (``anomaly_map_sigma=4``);
-- ``sum_max``: the maximum of the sum of the per-level maps (``anomaly_map_combine="sum"``).
+- ``sum_max``: the maximum of the sum of the per-level maps (``anomaly_map_combine="sum"``);
+- ``level<i>_max`` and ``level<i>_mean``: the maximum and the mean of pyramid level ``i``'s own distance map (levels
+  1-3, finest first). They are diagnostics, not readouts to ship: they show which level tells a category's defects
+  from its normals (``_max``) and whether a defect shifts the whole image's discrepancy rather than a spot (``_mean``).
 
 All of them are inference-only: they change no weight and need no retraining. Image AUROC and F1Max are reported per
 category, on each category's small defects (its normal images against its defects that cover less than 1 % of the
 image, where a top-k mean could dilute the defect) and as the mean over categories, for each readout, as mean ± std
 over seeds with the per-seed paired difference to ``max``. Each model's per-image scores are saved first
-(``image_scores.json`` next to its checkpoint); each (run, seed) then writes a small JSON record into
-``<records>/<folder>/<run>.json`` and is skipped when that record exists, so the study can grow as more models are
-trained.
+(``image_scores.json`` next to its checkpoint); each (run, seed) then writes a record into
+``<records>/<folder>/<run>.json`` (:mod:`anomalib_dcam.benchmark.records`) whose settings include the trained model's
+record, and is skipped only when that record matches, so the study can grow as more models are trained.
 
 Example:
     python benchmarks/image_score.py --seeds 0 1 2 --runs dcam dcam_denoise_p0.5 stfpm_lr0.1
@@ -33,7 +36,15 @@ from pathlib import Path
 
 from dcam_vs_stfpm import build_model
 
-READOUTS = ("max", "top1%", "top0.1%", "blur4_max", "sum_max")
+LEVELS = 3
+READOUTS = (
+    "max",
+    "top1%",
+    "top0.1%",
+    "blur4_max",
+    "sum_max",
+    *(f"level{level}_{reduction}" for level in range(1, LEVELS + 1) for reduction in ("max", "mean")),
+)
 METRICS = ("image_AUROC", "image_F1Max")
 
 
@@ -68,6 +79,9 @@ def score_images(model, dataloader) -> dict:
             out["top0.1%"] += top01(product).flatten().tolist()
             out["blur4_max"] += blur(product).amax(dim=(-2, -1)).flatten().tolist()
             out["sum_max"] += total.amax(dim=(-2, -1)).flatten().tolist()
+            for level, layer_map in enumerate(layer_maps, start=1):
+                out[f"level{level}_max"] += layer_map.amax(dim=(-2, -1)).flatten().tolist()
+                out[f"level{level}_mean"] += layer_map.mean(dim=(-2, -1)).flatten().tolist()
             out["image_path"] += [str(path) for path in batch.image_path]
             out["gt_label"] += batch.gt_label.int().flatten().tolist()
             out["defect_fraction"] += (batch.gt_mask > 0).flatten(1).float().mean(dim=1).tolist()
@@ -111,13 +125,18 @@ def image_metrics(scores: dict, categories: list[str]) -> dict[str, dict[str, di
 
     labels = torch.tensor(scores["gt_label"])
     small = torch.tensor([0 < area < SMALL_DEFECT for area in scores["defect_fraction"]])
+    # A category with image labels only has empty masks: it has no "small" group.
+    with_masks = {c for c, a in zip(scores["category"], scores["defect_fraction"], strict=True) if a > 0}
     by_readout: dict[str, dict[str, dict[str, float]]] = {}
     for readout in READOUTS:
         values = torch.tensor(scores[readout])
         rows = {}
         for category in categories:
             in_category = torch.tensor([name == category for name in scores["category"]])
-            for group, index in ((category, in_category), (f"{category} small", in_category & ((labels == 0) | small))):
+            groups = [(category, in_category)]
+            if category in with_masks:
+                groups.append((f"{category} small", in_category & ((labels == 0) | small)))
+            for group, index in groups:
                 metrics = compute_anomaly_metrics(values[index], labels[index])
                 rows[group] = {metric: metrics[metric] for metric in METRICS}
         rows["mean"] = {metric: statistics.fmean(rows[c][metric] for c in categories) for metric in METRICS}
@@ -133,12 +152,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs", nargs="+", default=["dcam", "dcam_denoise_p0.5", "stfpm_lr0.1"])
+    parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
     parser.add_argument("--output", type=Path, default=Path("results/unified"))
     parser.add_argument("--records", type=Path, default=Path(__file__).parent / "records" / "image_score")
+    parser.add_argument(
+        "--unified-records",
+        type=Path,
+        default=Path(__file__).parent / "records" / "unified",
+        help="records of the trained models (benchmarks/unified.py): their settings are part of this record's",
+    )
     args = parser.parse_args()
     cache = args.output / "hf-cache"
     os.environ["HF_HUB_CACHE"] = str(cache.resolve())  # before huggingface_hub is imported
     os.environ["HF_HUB_OFFLINE"] = "1"
+    from anomalib_dcam.benchmark.records import load_matching, write_record
     from anomalib_dcam.weights import install_hf_cache
 
     install_hf_cache(cache)
@@ -147,9 +174,18 @@ def main() -> None:
     for run in args.runs:
         for seed in args.seeds:
             folder = f"{'+'.join(args.categories)}_e{args.epochs}_s{seed}"
-            record = args.records / folder / f"{run}.json"
-            if record.is_file():
-                results.setdefault(run, {})[seed] = json.loads(record.read_text())
+            model_record = args.unified_records / folder / f"{run}_unified.json"
+            trained = json.loads(model_record.read_text()) if model_record.is_file() else None
+            settings = {
+                "model_record": str(model_record),
+                "model_settings": trained.get("settings") if isinstance(trained, dict) else None,
+                "readouts": list(READOUTS),
+                "small_defect": SMALL_DEFECT,
+            }
+            record_path = args.records / folder / f"{run}.json"
+            record = load_matching(record_path, settings)
+            if record is not None:
+                results.setdefault(run, {})[seed] = record["results"]
                 continue
             checkpoints = sorted((args.output / folder / f"{run}_unified").rglob("model.ckpt"))
             if len(checkpoints) != 1:
@@ -160,27 +196,26 @@ def main() -> None:
                 )
                 continue
             saved = checkpoints[0].parent / "image_scores.json"  # predictions first, metrics from them
-            if saved.is_file():
+            if saved.is_file() and set(READOUTS) <= set(json.loads(saved.read_text())):
                 scores = json.loads(saved.read_text())
             else:
                 print(f"[score] {run} seed {seed}: {checkpoints[0]}", flush=True)
                 scores = predict_scores(run, checkpoints[0], args.root, args.categories)
                 saved.write_text(json.dumps(scores))
             by_readout = image_metrics(scores, args.categories)
-            record.parent.mkdir(parents=True, exist_ok=True)
-            record.write_text(json.dumps(by_readout, indent=2))
+            write_record(record_path, settings, by_readout)
             results.setdefault(run, {})[seed] = by_readout
 
     for run, seeds in results.items():
-        for metric in METRICS:
+        for metric in args.metrics:
             print(f"\n{run}, {metric}, seeds {sorted(seeds)}\n")
-            groups = [*args.categories, *(f"{c} small" for c in args.categories), "mean"]
+            groups = [group for group in next(iter(seeds.values()))["max"] if group != "mean"] + ["mean"]
             print("| readout | " + " | ".join(groups) + " | paired Δ mean vs max (per seed) |")
             print("|---" * (len(groups) + 2) + "|")
             for readout in READOUTS:
                 cells = []
-                for category in [*args.categories, *(f"{c} small" for c in args.categories), "mean"]:
-                    values = [seeds[s][readout][category][metric] for s in sorted(seeds)]
+                for group in groups:
+                    values = [seeds[s][readout][group][metric] for s in sorted(seeds)]
                     spread = statistics.stdev(values) if len(values) > 1 else 0.0
                     cells.append(f"{statistics.fmean(values):.3f} ± {spread:.3f}")
                 deltas = [
