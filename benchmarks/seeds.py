@@ -32,10 +32,12 @@ def parse_row(spec: str) -> tuple[str, str]:
     return f"{name}_{setting}", speed or "fast"
 
 
-def load(records: Path, categories: list[str], epochs: int, seed: int, spec: str) -> dict[str, dict] | None:
+def load(
+    records: Path, categories: list[str], epochs: int, seed: int, spec: str, of_epochs: int | None = None
+) -> dict[str, dict] | None:
     """Rows of one (row, seed) by category, or ``None`` when that run has not been recorded yet."""
     run, speed = parse_row(spec)
-    path = records / run_folder(categories, epochs, seed, speed) / f"{run}.json"
+    path = records / run_folder(categories, epochs, seed, speed, of_epochs) / f"{run}.json"
     if not path.is_file():
         return None
     return {row["category"]: row for row in record_rows(json.loads(path.read_text()))}
@@ -63,6 +65,12 @@ def main() -> None:
     parser.add_argument("--baseline", default="stfpm_lr0.1:unified")
     parser.add_argument("--rows", nargs="+", default=["dcam:unified"])
     parser.add_argument("--records", type=Path, default=Path(__file__).parent / "records" / "unified")
+    parser.add_argument(
+        "--of-epochs",
+        type=int,
+        default=None,
+        help="read the --epochs milestone of runs this long (unified.py --milestones), e.g. --epochs 5 --of-epochs 20",
+    )
     args = parser.parse_args()
     try:
         for spec in [args.baseline, *args.rows]:
@@ -73,7 +81,9 @@ def main() -> None:
     columns = [*args.categories, "mean"]
     specs = [args.baseline, *[row for row in args.rows if row != args.baseline]]
     loaded = {
-        spec: {seed: load(args.records, args.categories, args.epochs, seed, spec) for seed in args.seeds}
+        spec: {
+            seed: load(args.records, args.categories, args.epochs, seed, spec, args.of_epochs) for seed in args.seeds
+        }
         for spec in specs
     }
     for spec in specs:

@@ -58,10 +58,14 @@ SPEED_PROFILES: dict[str, dict] = {
 }
 
 
-def run_folder(categories: list[str], epochs: int, seed: int, speed: str) -> str:
-    """Name of the folder of one (data, epochs, seed, speed profile) combination."""
+def run_folder(categories: list[str], epochs: int, seed: int, speed: str, of_epochs: int | None = None) -> str:
+    """Name of the folder of one (data, epochs, seed, speed profile) combination.
+
+    ``of_epochs`` names a milestone of a longer run: the model selected over its first ``epochs`` epochs.
+    """
     suffix = "" if speed == "fast" else f"_{speed}"
-    return f"{'+'.join(categories)}_e{epochs}_s{seed}{suffix}"
+    longer = "" if of_epochs is None else f"of{of_epochs}"
+    return f"{'+'.join(categories)}_e{epochs}{longer}_s{seed}{suffix}"
 
 
 def build_run(
@@ -112,27 +116,38 @@ def train_and_test(
     trainer: dict,
     run_dir: Path,
     global_pixel_metrics: bool,
-) -> list[dict]:
+    milestones: tuple[int, ...] = (),
+) -> dict[int, list[dict]]:
     """Train a built run, test the selected checkpoint and return its per-category rows.
 
-    The per-image scores are written (``per_category_metrics_scores.csv``) before any metric is computed.
+    The per-image scores are written (``per_category_metrics_scores.csv``) before any metric is computed. With
+    ``milestones``, the model selected over the first ``m`` epochs of each milestone is tested too (into
+    ``<run_dir>/epoch<m>/``): what an ``m``-epoch run gives, from the same run.
+
+    Returns:
+        ``{epochs: rows}`` for the whole run and each milestone.
     """
+    import torch
     from anomalib.engine import Engine
 
     from anomalib_dcam.callbacks import HeldOutNormalCheckpoint, PerCategoryMetrics
 
     report = PerCategoryMetrics(output_dir=run_dir, global_pixel_metrics=global_pixel_metrics, save_scores=True)
-    engine = Engine(
-        **trainer,
-        default_root_dir=run_dir,
-        logger=False,
-        callbacks=[HeldOutNormalCheckpoint(), report],
-    )
+    checkpoint = HeldOutNormalCheckpoint(milestones=milestones)
+    engine = Engine(**trainer, default_root_dir=run_dir, logger=False, callbacks=[checkpoint, report])
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
-    fit_seconds = time.perf_counter() - start
+    fit_seconds = round(time.perf_counter() - start, 1)
     engine.test(model=model, datamodule=datamodule, verbose=False)
-    return [{**row, "fit_seconds": round(fit_seconds, 1)} for row in report.results]
+    results = {trainer["max_epochs"]: [{**row, "fit_seconds": fit_seconds} for row in report.results]}
+    for epochs in milestones:
+        with torch.serialization.safe_globals(list(model.checkpoint_safe_globals())):
+            state = torch.load(checkpoint.milestone_path(epochs), map_location="cpu", weights_only=True)
+        model.load_state_dict(state["state_dict"])
+        report.output_dir = run_dir / f"epoch{epochs}"
+        engine.test(model=model, datamodule=datamodule, verbose=False)
+        results[epochs] = [dict(row) for row in report.results]
+    return results
 
 
 def record_rows(record: dict | list) -> list[dict]:
@@ -156,7 +171,20 @@ def main() -> None:
         action="store_true",
         help="also pool every pixel of the categories with masks for the report's global row (minutes, GBs)",
     )
+    parser.add_argument(
+        "--milestones",
+        type=int,
+        nargs="+",
+        default=[],
+        help="epoch counts below --epochs at which the model selected so far is tested too (a learning curve from "
+        "one run, unified runs only); recorded under <data>_e<m>of<epochs>_s<seed>",
+    )
     args = parser.parse_args()
+    milestones = tuple(sorted(set(args.milestones)))
+    if any(not 0 < epochs < args.epochs for epochs in milestones):
+        parser.error(f"--milestones {list(milestones)}: each must be between 1 and --epochs - 1 ({args.epochs - 1})")
+    if milestones and any(not spec.endswith(":unified") for spec in args.runs):
+        parser.error("--milestones applies to unified runs only; give <run>:unified runs")
     for spec in args.runs:
         name, _, setting = spec.partition(":")
         if name not in RUNS or setting not in {"unified", "one_class"}:
@@ -183,8 +211,19 @@ def main() -> None:
             for group in groups
         ]
         settings = {"setting": setting, "runs": [settings for *_, settings in built]}
+        if milestones:
+            settings["milestones"] = list(milestones)
+        milestone_records = {
+            epochs: (
+                args.records / run_folder(args.categories, epochs, args.seed, args.speed, of_epochs=args.epochs),
+                {**settings, "evaluated_after_epochs": epochs},
+            )
+            for epochs in milestones
+        }
         record = load_matching(record_path, settings)
-        if record is not None:
+        if record is not None and all(
+            load_matching(folder / f"{name}_{setting}.json", wanted) for folder, wanted in milestone_records.values()
+        ):
             print(f"[skip] {spec}: recorded with the same settings in {record_path}", flush=True)
             table[spec] = record_rows(record)
             continue
@@ -192,7 +231,10 @@ def main() -> None:
         rows = []
         for group, (model, datamodule, trainer, _) in zip(groups, built, strict=True):
             folder = run_dir if setting == "unified" else run_dir / group[0]
-            group_rows = train_and_test(model, datamodule, trainer, folder, args.global_pixel_metrics)
+            results = train_and_test(model, datamodule, trainer, folder, args.global_pixel_metrics, milestones)
+            for epochs, (milestone_folder, wanted) in milestone_records.items():
+                write_record(milestone_folder / f"{name}_{setting}.json", wanted, results[epochs])
+            group_rows = results[args.epochs]
             rows += group_rows if setting == "unified" else [row for row in group_rows if row["category"] == group[0]]
         if setting == "one_class":
             means = {metric: nan_mean([row[metric] for row in rows]) for metric in METRICS}

@@ -457,6 +457,33 @@ def test_held_out_checkpoint_keeps_the_lowest_score_and_restores_it(dataset_root
         torch.testing.assert_close(value, saved[name], msg=name)
 
 
+def test_held_out_checkpoint_keeps_the_selection_at_each_milestone(dataset_root: Path, tmp_path: Path) -> None:
+    datamodule = MultiClassMVTec(
+        root=dataset_root, categories=["a"], train_batch_size=8, num_workers=0, val_split_mode="from_train"
+    )
+    checkpoint = HeldOutNormalCheckpoint(milestones=[2, 1])
+    recorder = _RecordMonitoredScore()
+    engine = Engine(
+        max_epochs=3,
+        callbacks=[checkpoint, recorder],
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+    )
+    engine.fit(model=small_dcam(), datamodule=datamodule)
+
+    assert checkpoint.milestones == (1, 2)
+    assert not checkpoint.milestone_path(3).exists()
+    for epochs in (1, 2):
+        # The checkpoint an epochs-long run would have selected: the lowest score among its first epochs.
+        selected = min(range(epochs), key=lambda epoch: recorder.scores[epoch])
+        saved = torch.load(checkpoint.milestone_path(epochs), map_location="cpu", weights_only=False)
+        assert saved["epoch"] == selected
+    with pytest.raises(ValueError, match=r"milestones=\[0\] is not accepted"):
+        HeldOutNormalCheckpoint(milestones=[0])
+
+
 def test_held_out_checkpoint_refuses_a_validation_set_with_anomalies(dataset_root: Path, tmp_path: Path) -> None:
     datamodule = MultiClassMVTec(root=dataset_root, categories=["a"], val_split_mode="same_as_test", num_workers=0)
     engine = Engine(max_epochs=1, callbacks=[HeldOutNormalCheckpoint()], default_root_dir=tmp_path, accelerator="cpu")

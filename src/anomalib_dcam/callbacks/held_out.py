@@ -15,6 +15,8 @@ model keeps).
 """
 
 import logging
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +34,14 @@ MONITORED_METRIC = "val_mean_normal_score"
 
 TRAINING_SPLIT_MODES = (ValSplitMode.SYNTHETIC, ValSplitMode.FROM_TRAIN)
 """Validation splits drawn from the training images only."""
+
+
+def _check_milestones(milestones: Sequence[int]) -> tuple[int, ...]:
+    values = tuple(milestones)
+    if not all(isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in values):
+        msg = f"milestones={list(values)!r} is not accepted; give positive whole epoch counts, e.g. [5, 10]."
+        raise ValueError(msg)
+    return tuple(sorted(set(values)))
 
 
 class HeldOutNormalCheckpoint(ModelCheckpoint):
@@ -56,10 +66,14 @@ class HeldOutNormalCheckpoint(ModelCheckpoint):
         restore_best: Load the selected weights into the model at the end of fit. Defaults to ``True``.
         save_last: Also save the last epoch as ``last.ckpt`` (Lightning's option). Defaults to ``None``.
         verbose: Log every checkpoint decision. Defaults to ``False``.
+        milestones: Epoch counts ``m`` at which the checkpoint selected so far is also kept as
+            ``<filename>_epoch<m>.ckpt``: the model that an ``m``-epoch run would have selected (same data order,
+            defects and constant learning rate), so one long run gives a learning curve. Defaults to ``()``.
 
     Raises:
-        ValueError: At the start of fit, if the datamodule has no validation set or draws it from the test set; the
-            message names the datamodule option ``val_split_mode``.
+        ValueError: If a milestone is not a positive whole number. At the start of fit, if the datamodule has no
+            validation set or draws it from the test set; the message names the datamodule option
+            ``val_split_mode``.
 
     Example:
         >>> from anomalib.engine import Engine
@@ -76,6 +90,7 @@ class HeldOutNormalCheckpoint(ModelCheckpoint):
         restore_best: bool = True,
         save_last: bool | Literal["link"] | None = None,
         verbose: bool = False,
+        milestones: Sequence[int] = (),
     ) -> None:
         super().__init__(
             dirpath=dirpath,
@@ -88,6 +103,7 @@ class HeldOutNormalCheckpoint(ModelCheckpoint):
             auto_insert_metric_name=False,
         )
         self.restore_best = restore_best
+        self.milestones = _check_milestones(milestones)
         self._score_sum = torch.zeros((), dtype=torch.float64)
         self._image_count = 0
         self._scores_by_path: dict[str, float] = {}
@@ -183,6 +199,23 @@ class HeldOutNormalCheckpoint(ModelCheckpoint):
         if totals[1] > 0:
             mean_score = (totals[0] / totals[1]).float()
             pl_module.log(MONITORED_METRIC, mean_score, prog_bar=True)
+
+    def milestone_path(self, epochs: int) -> Path:
+        """Where the checkpoint selected over the first ``epochs`` epochs is kept (``milestones``)."""
+        return Path(str(self.dirpath)) / f"{self.filename}_epoch{epochs}.ckpt"
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Save the selection (Lightning), then keep a copy of it at a milestone epoch.
+
+        The epoch's validation has run by now and Lightning has written its checkpoint, whether it saves at the end of
+        validation or of the training epoch.
+        """
+        super().on_train_epoch_end(trainer, pl_module)
+        epochs = trainer.current_epoch + 1
+        if epochs in self.milestones and self.best_model_path:
+            if trainer.is_global_zero:
+                shutil.copyfile(self.best_model_path, self.milestone_path(epochs))
+            trainer.strategy.barrier()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the selection from a checkpoint, also when the run's folder changed.
