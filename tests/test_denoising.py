@@ -87,7 +87,8 @@ def test_probability_one_changes_every_student_input_inside_its_mask_only(raw_ba
 
 
 def test_defects_are_made_in_pixel_space_and_normalised_like_the_clean_image(raw_batch) -> None:
-    model = _small_dcam(synthetic_anomaly_probability=1.0)
+    # anomalib's generator (the reference path); tests/test_synthetic_defects.py checks the same for the default bank.
+    model = _small_dcam(synthetic_anomaly_probability=1.0, synthetic_anomaly_generator="anomalib")
     batch = _normalised(model, raw_batch)
     normalize = find_normalize(model.pre_processor.transform)
     seen = []

@@ -5,9 +5,11 @@
 
 DMDD and DeSTSeg train the student to give, for an image with a synthetic defect, the teacher's features of the
 *clean* image: the student learns to "denoise" anomalies away, which widens the teacher-student gap on real defects.
-:class:`SyntheticAnomalyStep` makes those inputs with anomalib's
-:class:`~anomalib.data.utils.generators.perlin.PerlinAnomalyGenerator` (DRAEM's Perlin-mask defects, filled with
-Perlin noise or with images from a texture folder).
+:class:`SyntheticAnomalyStep` makes those inputs with DRAEM's Perlin-mask defects, filled with Perlin noise or with
+images from a texture folder, as anomalib's :class:`~anomalib.data.utils.generators.perlin.PerlinAnomalyGenerator`
+makes them. By default (``generator="bank"``) they come from a :class:`~.perlin_bank.PerlinDefectBank`: a bank of
+defects drawn once with anomalib's own functions and reused per batch in a few vectorised torch operations;
+``generator="anomalib"`` calls anomalib's generator on every image of every batch (the reference, slower).
 
 The training batch arrives normalised by the pre-processor. The generator blends in pixel space, on images in
 [0, 1]: feeding it normalised values would mix value ranges (the bug fixed in anomalib PR #1431). So the step
@@ -21,6 +23,7 @@ as the uninterrupted run, and turning the defects on or off does not shift any o
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,18 @@ from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
-__all__ = ["SyntheticAnomalyStep", "defect_seed", "find_normalize"]
+from anomalib_dcam._validation import coerce_choice
+
+from .perlin_bank import PerlinDefectBank
+
+__all__ = ["DefectGenerator", "SyntheticAnomalyStep", "defect_seed", "find_normalize"]
+
+
+class DefectGenerator(str, Enum):
+    """What draws the synthetic defects: a bank of anomalib's Perlin defects (fast) or anomalib's generator itself."""
+
+    BANK = "bank"
+    ANOMALIB = "anomalib"
 
 
 def find_normalize(transform: object) -> v2.Normalize | None:
@@ -88,6 +102,10 @@ class SyntheticAnomalyStep:
         blend: ``(low, high)`` range of the defect's opacity (anomalib's ``blend_factor``), ``0 < low <= high <= 1``.
         source: Folder of texture images to fill the defects from (as DRAEM's ``anomaly_source_path``); ``None`` fills
             them with Perlin noise.
+        generator: ``"bank"`` (default): :class:`~.perlin_bank.PerlinDefectBank`, anomalib's defects drawn once into a
+            bank and reused per batch, vectorised; with a texture folder it fills from ``bank_size`` of its files.
+            ``"anomalib"``: anomalib's ``PerlinAnomalyGenerator`` on every image (fresh defects and files, slower).
+        bank_size: Entries of the bank (``generator="bank"`` only). Defaults to ``128``.
 
     Raises:
         ValueError: If an option is outside its accepted values; the message names the Dcam option.
@@ -98,7 +116,10 @@ class SyntheticAnomalyStep:
         probability: float,
         blend: Sequence[float] = (0.2, 1.0),
         source: str | Path | None = None,
+        generator: DefectGenerator | str = DefectGenerator.BANK,
+        bank_size: int = 128,
     ) -> None:
+        self.kind = coerce_choice(generator, DefectGenerator, "synthetic_anomaly_generator")
         blend = tuple(float(value) for value in blend) if isinstance(blend, Sequence) else ()
         if len(blend) != 2 or not 0.0 < blend[0] <= blend[1] <= 1.0:
             msg = (
@@ -118,10 +139,11 @@ class SyntheticAnomalyStep:
         self.blend = blend
         self.source = source
         self._generator: PerlinAnomalyGenerator | None = None
+        self.bank = PerlinDefectBank(probability, blend=blend, source=source, size=bank_size)
 
     @property
     def generator(self) -> PerlinAnomalyGenerator:
-        """The Perlin generator of anomalib, built on first use.
+        """The Perlin generator of anomalib (``generator="anomalib"``), built on first use.
 
         Building it draws random numbers (its solarize threshold). They come from a fixed seed of their own: the
         generator is the same in every run, a resumed one included, and the global RNG is untouched, so a model with
@@ -153,13 +175,18 @@ class SyntheticAnomalyStep:
         Returns:
             The corrupted images, normalised like ``images``, and the masks ``(B, 1, H, W)`` (1 inside a defect).
         """
-        with torch.no_grad(), _seeded_rng(seed, images.device):
+        # The bank draws from a generator of its own; anomalib's generator draws from the global RNG, forked here.
+        seeded = _seeded_rng(seed, images.device) if self.kind == DefectGenerator.ANOMALIB else contextlib.nullcontext()
+        with torch.no_grad(), seeded:
             pixels = images
             if normalize is not None:
                 mean = torch.as_tensor(normalize.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
                 std = torch.as_tensor(normalize.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
                 pixels = (images * std + mean).clamp(0.0, 1.0)
-            corrupted, masks = self.generator(pixels)
+            if self.kind == DefectGenerator.BANK:
+                corrupted, masks = self.bank(pixels, seed=seed)
+            else:
+                corrupted, masks = self.generator(pixels)
             if normalize is not None:
                 corrupted = normalize(corrupted)
             masks = masks.to(images.dtype)
