@@ -6,6 +6,7 @@
 import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from torchvision.transforms import v2
 from anomalib_dcam import Dcam
 from anomalib_dcam.models.dcam import DCAM_PAPER_OPTIONS
 from anomalib_dcam.models.dcam.teacher_cache import (
+    CacheStorage,
     TeacherFeatureCache,
     image_keys,
     non_deterministic_transforms,
@@ -127,6 +129,76 @@ def test_cache_is_refused_under_random_training_transforms(
     assert any("Teacher-feature cache disabled" in record.message for record in caplog.records)
 
 
+def _cache_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if "Teacher-feature cache" in record.getMessage()]
+
+
+def test_auto_is_the_default_and_stays_off_until_a_fit_decides() -> None:
+    model = _small_dcam()
+    assert model.teacher_cache.auto
+    assert not model.teacher_cache.enabled  # a training step outside a fit trains on unrounded teacher features
+
+
+def test_auto_caches_in_memory_with_deterministic_transforms(
+    texture_root: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = _small_dcam()
+    with caplog.at_level(logging.INFO, logger="anomalib_dcam"):
+        _fit(model, texture_root, tmp_path, epochs=1)
+    cache = model.teacher_cache
+    assert cache.enabled
+    assert cache.storage == CacheStorage.MEMORY
+    assert cache.stats.misses == 8  # the 8 training images went through the cache
+    (record,) = _cache_records(caplog)[:1]
+    assert record.levelno == logging.INFO
+    assert "on in memory (teacher_cache='auto')" in record.getMessage()
+    assert "8 training images" in record.getMessage()
+
+
+def test_auto_falls_back_to_no_cache_under_a_random_transform(
+    texture_root: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = _small_dcam()
+    datamodule = _datamodule(texture_root, train_augmentations=v2.RandomHorizontalFlip())
+    with caplog.at_level(logging.INFO, logger="anomalib_dcam"):
+        quiet_engine(tmp_path, 1).fit(model=model, datamodule=datamodule)
+    assert "RandomHorizontalFlip" in model.teacher_cache.disabled_reason
+    assert model.teacher_cache.stats.hits == model.teacher_cache.stats.misses == 0
+    records = _cache_records(caplog)
+    assert [record.levelno for record in records] == [logging.INFO]  # a fallback, not a warning
+    assert "off (teacher_cache='auto')" in records[0].getMessage()
+    assert "RandomHorizontalFlip" in records[0].getMessage()
+
+
+def test_auto_falls_back_to_no_cache_over_the_cap(
+    texture_root: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One resnet18 pyramid at 64 px in float16 is about 60 KB: 8 images do not fit in 100 KB.
+    model = _small_dcam(teacher_cache_max_gb=100e3 / 1024**3)
+    with caplog.at_level(logging.INFO, logger="anomalib_dcam"):
+        _fit(model, texture_root, tmp_path, epochs=1)
+    reason = model.teacher_cache.disabled_reason
+    assert "teacher_cache_max_gb" in reason
+    assert "8 training images" in reason
+    assert model.teacher_cache.stats.hits == model.teacher_cache.stats.misses == 0
+    assert [record.levelno for record in _cache_records(caplog)] == [logging.INFO]
+
+
+def test_auto_falls_back_to_no_cache_without_a_datamodule(caplog: pytest.LogCaptureFixture) -> None:
+    model = _small_dcam()
+    model._trainer = SimpleNamespace(datamodule=None)  # fit(train_dataloaders=...): no transforms to check
+    with caplog.at_level(logging.INFO, logger="anomalib_dcam"):
+        model._start_teacher_cache()
+    assert "datamodule" in model.teacher_cache.disabled_reason
+    assert [record.levelno for record in _cache_records(caplog)] == [logging.INFO]
+
+
 def test_cached_loss_equals_the_uncached_loss_on_the_same_batch(texture_root: Path) -> None:
     datamodule = _datamodule(texture_root)
     datamodule.setup()
@@ -157,7 +229,8 @@ def test_cached_and_uncached_training_give_the_same_model(
     tolerance: float,
 ) -> None:
     models = {}
-    for name, options in (("plain", {}), ("cached", {"teacher_cache": "memory", "teacher_cache_dtype": dtype})):
+    cached = {"teacher_cache": "memory", "teacher_cache_dtype": dtype}
+    for name, options in (("plain", {"teacher_cache": "off"}), ("cached", cached)):
         torch.manual_seed(0)
         models[name] = _small_dcam(**options)
         _fit(models[name], texture_root, tmp_path / name, epochs=2)

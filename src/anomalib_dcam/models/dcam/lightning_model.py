@@ -46,7 +46,7 @@ from anomalib_dcam.precision import native_cpu_bf16
 from .anomaly_map import CombineMode
 from .attention import AttentionPlacement, AttentionType
 from .loss import DcamLoss, Reduction
-from .synthetic_anomaly import SyntheticAnomalyStep, defect_seed, find_normalize
+from .synthetic_anomaly import DefectGenerator, SyntheticAnomalyStep, defect_seed, find_normalize
 from .teacher_cache import (
     CacheDtype,
     CacheStorage,
@@ -106,13 +106,18 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
             ``hard_fraction`` of each level's positions; ``1`` averages all of them (STFPM). Defaults to ``1.0``.
         global_weight: Weight of HKD's global cosine term (whole flattened maps). Defaults to ``0.0``.
         synthetic_anomaly_probability: Denoising distillation (DMDD, DeSTSeg): the chance that the student sees a
-            training image with a synthetic defect (anomalib's ``PerlinAnomalyGenerator``) while the loss targets
+            training image with a synthetic defect (anomalib's Perlin defects, DRAEM's) while the loss targets
             stay the teacher's features of the clean image; ``0`` switches it off (training-only). Defaults to ``0.5``
             (docs/results.md: ahead of ``0`` on image AUROC and AUPRO over 3 seeds).
         synthetic_anomaly_blend: ``[low, high]`` range of the defects' opacity. Defaults to ``(0.2, 1.0)``, which
             includes faint defects.
         synthetic_anomaly_source: Folder of texture images to fill the defects from (as DRAEM's
             ``anomaly_source_path``); ``None`` fills them with Perlin noise. Defaults to ``None``.
+        synthetic_anomaly_generator: What draws the defects: ``"bank"``, a bank of 128 defects drawn once with
+            anomalib's own Perlin functions and reused per batch (random flips and transposes, opacities and which
+            images get one, vectorised; with ``synthetic_anomaly_source``, 128 of its files as fills), or
+            ``"anomalib"``, anomalib's ``PerlinAnomalyGenerator`` on every image (fresh defects, slower; the
+            reference). Both keep exact resume. Training-only. Defaults to ``"bank"``.
         push_weight: Weight of the push-away term (DMDD): inside the defects, a hinge pushes the student's features
             away from the teacher's features of the corrupted image (one more teacher pass per step). Needs
             ``synthetic_anomaly_probability > 0``. Defaults to ``0.0``.
@@ -127,8 +132,11 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         momentum: SGD momentum. Defaults to ``0.9``.
         weight_decay: SGD weight decay (STFPM's; the paper uses ``1e-4``). Defaults to ``1e-3``.
         teacher_cache: Compute the frozen teacher's features once per training image and reuse them in later
-            epochs: ``"off"``, ``"memory"`` (host RAM) or ``"disk"`` (memory-mapped files). Refused, with a logged
-            reason, when a training transform is random. Training-only. Defaults to ``"off"``.
+            epochs: ``"off"``, ``"memory"`` (host RAM), ``"disk"`` (memory-mapped files) or ``"auto"``. ``"memory"``
+            and ``"disk"`` are refused, with a logged warning, when a training transform is random; ``"auto"`` is
+            ``"memory"`` when the transforms are deterministic and the training set's estimated pyramid fits
+            ``teacher_cache_max_gb``, else off, and logs its choice and the reason at INFO level. Training-only.
+            Defaults to ``"auto"``.
         teacher_cache_max_gb: Most gigabytes the cache may take; further images are recomputed. Defaults to ``4.0``.
         teacher_cache_dtype: ``"float16"`` or ``"float32"`` storage of cached features. Defaults to ``"float16"``.
         teacher_cache_dir: Folder of the ``"disk"`` cache; ``None`` for a temporary folder. Defaults to ``None``.
@@ -166,6 +174,7 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         synthetic_anomaly_probability: float = 0.5,
         synthetic_anomaly_blend: Sequence[float] = (0.2, 1.0),
         synthetic_anomaly_source: str | Path | None = None,
+        synthetic_anomaly_generator: DefectGenerator | str = DefectGenerator.BANK,
         push_weight: float = 0.0,
         push_margin: float = 0.5,
         anomaly_map_combine: CombineMode | str = CombineMode.PRODUCT,
@@ -174,7 +183,7 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 1e-3,
-        teacher_cache: CacheStorage | str = CacheStorage.OFF,
+        teacher_cache: CacheStorage | str = CacheStorage.AUTO,
         teacher_cache_max_gb: float = 4.0,
         teacher_cache_dtype: CacheDtype | str = CacheDtype.FLOAT16,
         teacher_cache_dir: str | Path | None = None,
@@ -230,7 +239,12 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
             )
             raise ValueError(msg)
         self.synthetic_anomalies: SyntheticAnomalyStep | None = None
-        step = SyntheticAnomalyStep(probability, blend=synthetic_anomaly_blend, source=synthetic_anomaly_source)
+        step = SyntheticAnomalyStep(
+            probability,
+            blend=synthetic_anomaly_blend,
+            source=synthetic_anomaly_source,
+            generator=synthetic_anomaly_generator,
+        )
         if probability > 0:  # built either way above, so that a bad blend or source fails now
             self.synthetic_anomalies = step
         # The teacher's ImageNet weights are loaded when training starts (see ``setup``), never for a model that is
@@ -288,7 +302,11 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
             self._start_teacher_cache()
 
     def _start_teacher_cache(self) -> None:
-        """Empty the cache for this fit, or disable it when the training images are not the same every epoch."""
+        """Empty the cache for this fit, or disable it when the training images are not the same every epoch.
+
+        Under ``teacher_cache="auto"`` the cache is also left off when the training set's estimated pyramid exceeds
+        ``teacher_cache_max_gb``; the choice and its reason are logged at INFO level.
+        """
         cache = self.teacher_cache
         train_data = getattr(getattr(self.trainer, "datamodule", None), "train_data", None)
         augmentations = getattr(train_data, "augmentations", None)
@@ -296,17 +314,55 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         cache.reset(fingerprint=f"{augmentations!r}|{transform!r}", expected_items=len(train_data or ()))
         if train_data is None:
             cache.disable(
-                "the training data does not come from an anomalib datamodule, so its transforms cannot be checked; "
-                "train with a datamodule or set teacher_cache='off'.",
+                "the training data does not come from an anomalib datamodule, so its transforms cannot be checked"
+                + ("." if cache.auto else "; train with a datamodule or set teacher_cache='off'."),
             )
             return
         random_parts = non_deterministic_transforms(augmentations) + non_deterministic_transforms(transform)
         if random_parts:
             cache.disable(
                 f"the training transforms include {', '.join(random_parts)}, which is random or not known to be "
-                "deterministic, so the teacher's features change between epochs; set teacher_cache='off' or remove "
-                "the random training augmentations.",
+                "deterministic, so the teacher's features change between epochs"
+                + ("." if cache.auto else "; set teacher_cache='off' or remove the random training augmentations."),
             )
+            return
+        if not cache.auto:
+            logger.info("Teacher-feature cache on (teacher_cache=%r).", cache.storage.value)
+            return
+        if len(train_data) == 0:
+            cache.disable("the datamodule has no training images.")
+            return
+        per_image = self._teacher_bytes_per_image(train_data[0].image, cache)
+        estimate_gb = len(train_data) * per_image / 1024**3
+        limit_gb = cache.max_bytes / 1024**3
+        if estimate_gb > limit_gb:
+            cache.disable(
+                f"the teacher's features of the {len(train_data)} training images would take an estimated "
+                f"{estimate_gb:.2f} GB ({per_image / 1024**2:.2f} MB each), over teacher_cache_max_gb={limit_gb:.2f}; "
+                "raise teacher_cache_max_gb, or set teacher_cache='memory' (caches the images that fit) or 'disk'.",
+            )
+            return
+        logger.info(
+            "Teacher-feature cache on in memory (teacher_cache='auto'): the training transforms are deterministic and "
+            "the %d training images take an estimated %.2f GB (%.2f MB each), within teacher_cache_max_gb=%.2f.",
+            len(train_data),
+            estimate_gb,
+            per_image / 1024**2,
+            limit_gb,
+        )
+
+    def _teacher_bytes_per_image(self, image: torch.Tensor, cache: TeacherFeatureCache) -> int:
+        """Bytes the cache would store per training image: the teacher run once on one pre-processed image.
+
+        Run rather than computed from the backbone's strides, so that any backbone, padding or pre-processing size
+        gives the true shapes; one image costs a few milliseconds at the start of fit.
+        """
+        images = image.unsqueeze(0).to(self.device)
+        transform = getattr(self.pre_processor, "transform", None)
+        if transform is not None:
+            images = transform(images)
+        with torch.no_grad():
+            return cache.bytes_per_item(self.model.teacher_model(images))
 
     def on_train_epoch_start(self) -> None:
         """Remember the cache counters, to log this epoch's hit rate."""
@@ -345,7 +401,10 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         if cache is None or not cache.enabled:
             return None
         if batch.image_path is None:
-            cache.disable("the training batches carry no image_path to key the cache by; set teacher_cache='off'.")
+            cache.disable(
+                "the training batches carry no image_path to key the cache by"
+                + ("." if cache.auto else "; set teacher_cache='off'."),
+            )
             return None
         size = "x".join(str(side) for side in images.shape[1:])
         keys = [f"{key}|{size}" for key in image_keys(batch.image_path)]
@@ -450,7 +509,7 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
         """Enums saved in the hyper-parameters, allow-listed for ``weights_only`` checkpoint loading."""
-        return (AttentionType, AttentionPlacement, CombineMode, Reduction, CacheStorage, CacheDtype)
+        return (AttentionType, AttentionPlacement, CombineMode, Reduction, CacheStorage, CacheDtype, DefectGenerator)
 
     def to_torch(self, *args, **kwargs) -> Path:
         """Export to a ``.pt`` file holding teacher and student only (no attention blocks)."""

@@ -13,7 +13,8 @@ epoch. :class:`TeacherFeatureCache` stores them per image, keyed so that a stale
 
 The cache refuses to run (and says why in the log) when a training transform is random or not known to be
 deterministic, when the batches carry no image paths, or when no datamodule tells which transforms the training
-images go through.
+images go through. ``"auto"`` (Dcam's default) is ``"memory"`` where that is safe: it decides at the start of each fit
+and, where the cache cannot be used or would not fit ``max_gb``, trains without it, saying why at INFO level.
 
 Storage is ``"memory"`` (host RAM) or ``"disk"`` (one memory-mapped file per pyramid level, for datasets larger than
 RAM), up to ``max_gb``; images beyond the cap are recomputed every epoch. Features are stored in float16 by default
@@ -60,6 +61,7 @@ class CacheStorage(str, Enum):
     OFF = "off"
     MEMORY = "memory"
     DISK = "disk"
+    AUTO = "auto"  # "memory" when the transforms are deterministic and the training set fits max_gb, else off
 
 
 class CacheDtype(str, Enum):
@@ -136,7 +138,8 @@ class TeacherFeatureCache:
     """Per-image store of the teacher's feature pyramid, in host memory or in memory-mapped files.
 
     Args:
-        storage: ``"memory"`` or ``"disk"``. Defaults to ``"memory"``.
+        storage: ``"memory"``, ``"disk"`` or ``"auto"``: memory storage that stays off until the start of a fit decides
+            (:attr:`auto`), and that falls back to no cache quietly (INFO, not WARNING). Defaults to ``"memory"``.
         max_gb: Most gigabytes the entries may take; images beyond it are recomputed every epoch. Defaults to ``4.0``.
         dtype: ``"float16"`` (default) or ``"float32"`` storage.
         directory: Folder of the disk files; ``None`` for a temporary folder. Each fit starts the files anew.
@@ -154,13 +157,18 @@ class TeacherFeatureCache:
     ) -> None:
         self.storage = coerce_choice(storage, CacheStorage, "teacher_cache")
         if self.storage == CacheStorage.OFF:
-            msg = "teacher_cache='off' needs no TeacherFeatureCache; use 'memory' or 'disk'."
+            msg = "teacher_cache='off' needs no TeacherFeatureCache; use 'memory', 'disk' or 'auto'."
             raise ValueError(msg)
+        self.auto = self.storage == CacheStorage.AUTO
+        if self.auto:
+            self.storage = CacheStorage.MEMORY
         self.max_bytes = int(check_positive(max_gb, "teacher_cache_max_gb") * 1024**3)
         self.dtype = coerce_choice(dtype, CacheDtype, "teacher_cache_dtype")
         self.directory = Path(directory) if directory is not None else None
         self.stats = TeacherCacheStats()
-        self.disabled_reason: str | None = None
+        # "auto" is off until a fit has checked the transforms and the size (``reset`` switches it on): a training step
+        # outside a fit trains on the teacher's own, unrounded features.
+        self.disabled_reason: str | None = "teacher_cache='auto' decides at the start of fit" if self.auto else None
         self._fingerprint: str | None = None
         self._expected_items = 0
         self._slots: dict[str, int] = {}
@@ -186,9 +194,12 @@ class TeacherFeatureCache:
         return per_item * len(self._slots)
 
     def disable(self, reason: str) -> None:
-        """Stop using the cache for this fit and log why."""
+        """Stop using the cache for this fit and log why: a warning when it was asked for, INFO under ``"auto"``."""
         if self.disabled_reason is None:
-            logger.warning("Teacher-feature cache disabled: %s", reason)
+            if self.auto:
+                logger.info("Teacher-feature cache off (teacher_cache='auto'): %s", reason)
+            else:
+                logger.warning("Teacher-feature cache disabled: %s", reason)
         self.disabled_reason = reason
         self._release()
 
@@ -205,6 +216,11 @@ class TeacherFeatureCache:
         self._fingerprint = fingerprint
         self._expected_items = max(int(expected_items), 1)
         self._warned_full = False
+
+    def bytes_per_item(self, features: dict[str, torch.Tensor]) -> int:
+        """Bytes one image's pyramid takes in the store, from a batch of features (first dimension: images)."""
+        itemsize = 2 if self.dtype == CacheDtype.FLOAT16 else 4
+        return sum(tensor[0].numel() for tensor in features.values()) * itemsize
 
     def get(self, keys: Sequence[str]) -> list[int | None]:
         """Slots of the cached entries of ``keys`` (``None`` for a miss), counted as hits and misses."""
@@ -263,8 +279,7 @@ class TeacherFeatureCache:
 
     def _allocate(self, features: dict[str, torch.Tensor]) -> None:
         torch_dtype = torch.float16 if self.dtype == CacheDtype.FLOAT16 else torch.float32
-        per_item = sum(tensor[0].numel() for tensor in features.values()) * torch_dtype.itemsize
-        self._capacity = min(self._expected_items, self.max_bytes // per_item)
+        self._capacity = min(self._expected_items, self.max_bytes // self.bytes_per_item(features))
         if self.storage == CacheStorage.MEMORY:
             # Pages are committed as rows are written, so an unfilled capacity costs no RAM.
             self._store = {
