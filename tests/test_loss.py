@@ -77,8 +77,9 @@ def test_zero_weight_switches_a_term_off() -> None:
 
 def test_reductions() -> None:
     teacher, student = _features(seed=1), _features(seed=2)
-    summed = DcamLoss(kd_reduction="sum", batch_reduction="sum")(teacher, student)
-    averaged = DcamLoss(kd_reduction="mean", batch_reduction="mean")(teacher, student)
+    terms = {"channel_weight": 1.0, "kd_weight": 1.0}
+    summed = DcamLoss(**terms, kd_reduction="sum", batch_reduction="sum")(teacher, student)
+    averaged = DcamLoss(**terms, kd_reduction="mean", batch_reduction="mean")(teacher, student)
     # Summing over the batch multiplies every term by the batch size (3).
     assert summed.pixel.item() == pytest.approx(3 * averaged.pixel.item(), rel=1e-6)
     assert summed.channel.item() == pytest.approx(3 * averaged.channel.item(), rel=1e-6)
@@ -100,7 +101,7 @@ def test_channel_term_ignores_a_channel_mask_but_pixel_term_does_not() -> None:
     teacher, student = _features(seed=5), _features(seed=6)
     mask = {level: torch.rand(1, value.shape[1], 1, 1) + 0.1 for level, value in student.items()}
     masked = {level: value * mask[level] for level, value in student.items()}
-    loss = DcamLoss()
+    loss = DcamLoss(channel_weight=1.0, kd_weight=1.0)
     plain, with_mask = loss(teacher, student), loss(teacher, masked)
     assert with_mask.channel.item() == pytest.approx(plain.channel.item(), rel=1e-5)
     assert with_mask.pixel.item() != pytest.approx(plain.pixel.item(), rel=1e-3)
@@ -110,7 +111,7 @@ def test_channel_term_ignores_a_channel_mask_but_pixel_term_does_not() -> None:
 def test_gradients_reach_the_student_only() -> None:
     teacher, student = _features(seed=1), _features(seed=2)
     student = {level: value.requires_grad_() for level, value in student.items()}
-    DcamLoss()(teacher, student).total.backward()
+    DcamLoss(channel_weight=1.0, kd_weight=1.0)(teacher, student).total.backward()
     assert all(value.grad is not None and value.grad.abs().sum() > 0 for value in student.values())
 
 

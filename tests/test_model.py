@@ -23,7 +23,7 @@ def _images(batch: int = 2) -> torch.Tensor:
 
 
 def test_train_mode_returns_features_and_masks() -> None:
-    model = DcamModel(pre_trained=False).train()
+    model = DcamModel(pre_trained=False, attention="channel").train()
     output = model(_images())
     assert isinstance(output, DcamTrainOutput)
     assert model.layers == ["layer1", "layer2", "layer3"]

@@ -138,8 +138,10 @@ class DcamLoss(nn.Module):
 
     Args:
         pixel_weight: Weight of the STFPM pixel cosine-distance term. Defaults to ``1.0``.
-        channel_weight: Weight of the channel cosine-distance term. Defaults to ``1.0``.
-        kd_weight: Weight of the spatial KL-distillation term. Defaults to ``1.0``.
+        channel_weight: Weight of the channel cosine-distance term (the paper uses ``1.0``). Defaults to ``0.0``, as
+            :class:`~anomalib_dcam.models.dcam.Dcam`.
+        kd_weight: Weight of the spatial KL-distillation term (the paper uses ``1.0``). Defaults to ``0.0``, as
+            :class:`~anomalib_dcam.models.dcam.Dcam`.
         temperature: Softmax temperature of the KD term, ``> 0``. Defaults to ``1.0``.
         kd_reduction: ``"mean"`` or ``"sum"`` of the KD term over channels. ``"sum"`` grows with the channel count and
             swamps the cosine terms (hundreds of times larger); ``"mean"`` keeps the terms balanced. Defaults to
@@ -159,8 +161,8 @@ class DcamLoss(nn.Module):
     def __init__(
         self,
         pixel_weight: float = 1.0,
-        channel_weight: float = 1.0,
-        kd_weight: float = 1.0,
+        channel_weight: float = 0.0,
+        kd_weight: float = 0.0,
         temperature: float = 1.0,
         kd_reduction: Reduction | str = Reduction.MEAN,
         batch_reduction: Reduction | str = Reduction.SUM,

@@ -124,7 +124,8 @@ class DcamModel(nn.Module):
             installed package where one exists (``tf_efficientnet_lite0``), else from timm (Hugging Face hub or its
             cache). ``False`` keeps a random teacher (tests only). Defaults to ``True``.
         backbone_weights: Local file with the teacher's timm state dict; overrides any other source.
-        attention: DCAM block type: ``"channel"``, ``"spatial"``, ``"cbam"`` or ``"none"``. Defaults to ``"channel"``.
+        attention: DCAM block type: ``"channel"`` (the paper's), ``"spatial"``, ``"cbam"`` or ``"none"``. Defaults to
+            ``"none"``, as :class:`~anomalib_dcam.models.dcam.Dcam`.
         attention_placement: ``"side"`` (masks feed the loss only) or ``"inline"`` (masks also feed the next student
             stage). Defaults to ``"side"``.
         attention_reduction: Bottleneck ratio of the channel-attention MLP. Defaults to ``8``.
@@ -146,7 +147,7 @@ class DcamModel(nn.Module):
         layers: Sequence[str] | None = None,
         pre_trained: bool = True,
         backbone_weights: str | Path | None = None,
-        attention: AttentionType | str = AttentionType.CHANNEL,
+        attention: AttentionType | str = AttentionType.NONE,
         attention_placement: AttentionPlacement | str = AttentionPlacement.SIDE,
         attention_reduction: int = 8,
         mask_teacher: bool = False,
