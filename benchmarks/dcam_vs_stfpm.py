@@ -67,7 +67,10 @@ _FORMER_DCAM_RUNS: dict[str, dict] = {
 STFPM_PRESET = "stfpm_options"
 # name -> (model, constructor arguments, learning rate); Dcam's lr is a constructor argument.
 RUNS: dict[str, tuple[str, dict, float]] = {
-    "dcam_default": ("Dcam", {}, 0.1),  # whatever Dcam's defaults are now
+    "dcam_default": ("Dcam", {}, 0.1),  # whatever Dcam's defaults are now (records store them resolved)
+    # The defaults of 2026-12-04 (STFPM's student, denoising distillation, top-0.1 % score) with anomalib's per-image
+    # Perlin generator, before the defect bank became the default.
+    "dcam_default_anomalib_defects": ("Dcam", {"synthetic_anomaly_generator": "anomalib"}, 0.1),
     # Denoising distillation and the top-0.1 % score with DCAM's attention and terms (the defaults before the current).
     "dcam_denoise_attention": ("Dcam", ATTENTION_DEFAULTS, 0.1),
     "dcam_denoise_attention_push": ("Dcam", {**ATTENTION_DEFAULTS, "push_weight": 1.0}, 0.1),

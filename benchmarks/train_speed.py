@@ -16,9 +16,15 @@ held-out images after every epoch. Reported separately:
 - ``val_img_s``: validation images per second;
 - ``peak_rss_gb``: peak resident memory of the training process (data-loader workers not included).
 
+- ``step_split``: Dcam only, the share of the steady-state training loop spent in the teacher or its cache, the
+  synthetic defects, the student's forward pass, the loss, waiting for data, and the rest (backward, optimiser,
+  Lightning).
+
 Stfpm uses the offline lite0 ImageNet weights; with ``resnet18`` (no offline weights here) both models use random
-teachers, which costs the same time. Results go to ``<output>/<backbone>/<setting>.json``; finished runs are skipped
-on a rerun, so the benchmark resumes.
+teachers, which costs the same time. Each setting writes a record (:mod:`anomalib_dcam.benchmark.records`: the
+resolved model, datamodule and trainer settings, versions, commit) to ``<output>/<backbone>/<setting>.json``; a
+setting is trained again unless its record holds exactly the same settings, so the benchmark resumes and a record
+never outlives the defaults it measured.
 
 Example:
     python benchmarks/train_speed.py --backbones tf_efficientnet_lite0 resnet18
@@ -29,7 +35,6 @@ import dataclasses
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -43,18 +48,89 @@ PYRAMIDS = {
     "resnet18": ["layer1", "layer2", "layer3"],
 }
 
-# setting -> (model, Dcam speed options, trainer precision, data-loader workers)
+# setting -> (model, Dcam options, trainer precision, data-loader workers). Every option that decides the speed is
+# spelt out, so a record keeps its meaning when a default changes; "dcam" alone is a plain Dcam(), whatever the
+# defaults are (its record stores them resolved).
 SETTINGS: dict[str, tuple[str, dict, str, int]] = {
     "stfpm": ("Stfpm", {}, "32-true", 2),
+    # What `anomalib train --model Dcam` gives: the automatic teacher cache and the defect bank, denoising on.
     "dcam": ("Dcam", {}, "32-true", 2),
-    "dcam_bf16": ("Dcam", {}, "bf16-mixed", 2),
-    "dcam_teacher_cache": ("Dcam", {"teacher_cache": "memory"}, "32-true", 2),
-    "dcam_channels_last": ("Dcam", {"channels_last": True}, "32-true", 2),
-    "dcam_workers0": ("Dcam", {}, "32-true", 0),
+    # The configs' training settings (configs/*.yaml): cache in memory, channels-last, no loader workers.
+    "dcam_config": ("Dcam", {"teacher_cache": "memory", "channels_last": True}, "32-true", 0),
+    # A plain Dcam() where the automatic cache cannot apply (e.g. random training augmentations).
+    "dcam_uncached": ("Dcam", {"teacher_cache": "off"}, "32-true", 2),
+    # A plain Dcam() before the automatic cache and the defect bank (anomalib's per-image Perlin generator).
+    "dcam_uncached_anomalib_defects": (
+        "Dcam",
+        {"teacher_cache": "off", "synthetic_anomaly_generator": "anomalib"},
+        "32-true",
+        2,
+    ),
+    # The same with the configs' settings: what the defect bank alone changes.
+    "dcam_config_anomalib_defects": (
+        "Dcam",
+        {"teacher_cache": "memory", "channels_last": True, "synthetic_anomaly_generator": "anomalib"},
+        "32-true",
+        0,
+    ),
+    "dcam_bf16": ("Dcam", {"teacher_cache": "off"}, "bf16-mixed", 2),
     "dcam_all": ("Dcam", {"teacher_cache": "memory", "channels_last": True}, "bf16-mixed", 0),
-    "dcam_fast": ("Dcam", {"teacher_cache": "memory"}, "bf16-mixed", 0),
-    "dcam_all_fp32": ("Dcam", {"teacher_cache": "memory", "channels_last": True}, "32-true", 0),
 }
+
+# Parts of a Dcam training step timed by the step profile (the rest of a step is backward and the optimiser).
+STEP_PARTS = ("teacher_or_cache", "synthetic_defects", "student_forward", "loss")
+
+
+class StepProfile:
+    """Wall time of the parts of Dcam's training step, summed between calls of :meth:`take`.
+
+    The callables that do each part are wrapped in place; a part that calls itself (the cache lookup computing the
+    teacher's features on a miss) is counted once.
+    """
+
+    def __init__(self, model: object) -> None:
+        self.seconds = dict.fromkeys(STEP_PARTS, 0.0)
+        self._depth = dict.fromkeys(STEP_PARTS, 0)
+        self._wrap(model, "_cached_teacher_features", "teacher_or_cache")
+        self._wrap(model.model.teacher_model, "forward", "teacher_or_cache")
+        self._wrap(model.model.student_model, "forward", "student_forward")
+        self._wrap(model.loss, "forward", "loss")
+        if getattr(model, "synthetic_anomalies", None) is not None:
+            self._wrap(model, "synthetic_anomalies", "synthetic_defects")
+
+    def _wrap(self, owner: object, attribute: str, part: str) -> None:
+        function = getattr(owner, attribute)
+
+        def timed(*args: object, **kwargs: object) -> object:
+            self._depth[part] += 1
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._depth[part] -= 1
+                if self._depth[part] == 0:
+                    self.seconds[part] += time.perf_counter() - start
+
+        object.__setattr__(owner, attribute, timed)
+
+    def take(self) -> dict[str, float]:
+        """The seconds of each part since the last call."""
+        taken = {part: round(self.seconds[part], 3) for part in STEP_PARTS}
+        self.seconds.update(dict.fromkeys(STEP_PARTS, 0.0))
+        return taken
+
+
+def _step_split(parts: list[dict[str, float]], epochs: list[dict]) -> dict[str, float]:
+    """Fraction of the training loop's time in each step part, data waiting and the rest, over ``epochs``."""
+    total = sum(epoch["train_s"] for epoch in epochs)
+    split = {part: sum(epoch[part] for epoch in parts) / total for part in STEP_PARTS}
+    split["data_wait"] = sum(epoch["data_wait_s"] for epoch in epochs) / total
+    split["other"] = 1.0 - sum(split.values())
+    return {part: round(value, 3) for part, value in split.items()}
+
+
+def _split_cell(split: dict[str, float] | None) -> str:
+    return "-" if not split else " / ".join(f"{100 * value:.0f}" for value in split.values())
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -65,6 +141,8 @@ def worker(args: argparse.Namespace) -> None:
     from torch.utils.data import Subset
 
     from anomalib_dcam import Dcam
+    from anomalib_dcam.benchmark.records import load_matching, run_settings, write_record
+    from anomalib_dcam.benchmark.worker import peak_rss_mb
     from anomalib_dcam.data import MultiClassMVTec
 
     model_name, options, precision, num_workers = SETTINGS[args.setting]
@@ -92,6 +170,7 @@ def worker(args: argparse.Namespace) -> None:
 
         def on_validation_epoch_start(self, trainer, pl_module) -> None:
             self._train_s = self._batch_end - self._epoch_start
+            self._parts = profile.take() if profile is not None else None
             self._val_images = 0
             self._val_start = time.perf_counter()
 
@@ -100,11 +179,14 @@ def worker(args: argparse.Namespace) -> None:
 
         def on_validation_epoch_end(self, trainer, pl_module) -> None:
             val_s = time.perf_counter() - self._val_start
+            if profile is not None:
+                profile.take()  # validation's forward passes are not part of a training step
             self.epochs.append(
                 {
                     "train_s": self._train_s,
                     "images": self._images,
                     "data_wait_s": self._wait,
+                    "step_parts_s": self._parts,
                     "val_s": val_s,
                     "val_images": self._val_images,
                 },
@@ -149,21 +231,34 @@ def worker(args: argparse.Namespace) -> None:
                 subset.augmentations = data.augmentations
                 setattr(datamodule, name, subset)
 
+    profile = StepProfile(model) if model_name == "Dcam" else None
     timer = Timer()
+    trainer = {"max_epochs": args.epochs, "accelerator": "cpu", "devices": 1, "precision": precision}
     engine = Engine(
-        max_epochs=args.epochs,
+        **trainer,
         default_root_dir=args.run_dir,
         logger=False,
-        accelerator="cpu",
-        devices=1,
-        precision=precision,
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[FixedSubset(), timer],
     )
+    settings = run_settings(
+        model,
+        datamodule,
+        trainer,
+        0,
+        setting=args.setting,
+        images=args.images,
+        val_images=args.val_images,
+        torch_threads=torch.get_num_threads(),
+    )
+    if load_matching(args.result, settings) is not None:
+        print(f"[skip] {args.backbone} {args.setting}: recorded with the same settings in {args.result}", flush=True)
+        return
     engine.fit(model=model, datamodule=datamodule)
     epochs = timer.epochs
     steady = epochs[1:] or epochs
+    parts = [epoch["step_parts_s"] for epoch in steady if epoch["step_parts_s"] is not None]
     result = {
         "backbone": args.backbone,
         "setting": args.setting,
@@ -172,19 +267,20 @@ def worker(args: argparse.Namespace) -> None:
         "precision": precision,
         "num_workers": num_workers,
         "startup_s": round(timer.startup_s, 2),
+        # Share of the steady-state training loop per part; "other" is backward, optimiser and Lightning.
+        "step_split": _step_split(parts, steady) if parts else None,
         "first_epoch_img_s": epochs[0]["images"] / epochs[0]["train_s"],
         "train_img_s": sum(e["images"] for e in steady) / sum(e["train_s"] for e in steady),
         "data_wait_s": [round(e["data_wait_s"], 2) for e in epochs],
         "val_img_s": sum(e["val_images"] for e in epochs) / sum(e["val_s"] for e in epochs),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "peak_rss_gb": peak_rss_mb() / 1024,
         "epochs": epochs,
         "torch_threads": torch.get_num_threads(),
     }
     cache = getattr(model, "teacher_cache", None)
     if cache is not None:
         result["teacher_cache"] = {**dataclasses.asdict(cache.stats), "disabled_reason": cache.disabled_reason}
-    args.result.parent.mkdir(parents=True, exist_ok=True)
-    args.result.write_text(json.dumps(result, indent=2))
+    write_record(args.result, settings, result)
 
 
 def main() -> None:
@@ -215,28 +311,26 @@ def main() -> None:
 
     install_hf_cache(cache)
     results = []
-    # Alternate the settings backbone by backbone, so that a drift of the machine spreads over all of them.
+    # Alternate the settings backbone by backbone, so that a drift of the machine spreads over all of them. Each
+    # worker builds its model, and trains only when no record holds exactly its settings.
     for backbone in args.backbones:
         for setting in args.settings:
             path = args.output / backbone / f"{setting}.json"
-            if not path.is_file():
-                print(f"[run] {backbone} {setting}", flush=True)
-                command = [sys.executable, __file__, "--worker", backbone, setting, str(path)]
-                command += ["--root", str(args.root), "--categories", *args.categories]
-                command += ["--images", str(args.images), "--val-images", str(args.val_images)]
-                command += ["--epochs", str(args.epochs), "--output", str(args.output)]
-                subprocess.run(command, check=True)
-            else:
-                print(f"[skip] {backbone} {setting}: {path}", flush=True)
-            results.append(json.loads(path.read_text()))
+            print(f"[setting] {backbone} {setting}", flush=True)
+            command = [sys.executable, __file__, "--worker", backbone, setting, str(path)]
+            command += ["--root", str(args.root), "--categories", *args.categories]
+            command += ["--images", str(args.images), "--val-images", str(args.val_images)]
+            command += ["--epochs", str(args.epochs), "--output", str(args.output)]
+            subprocess.run(command, check=True)
+            results.append(json.loads(path.read_text())["results"])
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     print(f"\n{platform.node()}, {os.cpu_count()} CPUs, {stamp}, {args.images} images x {args.epochs} epochs, 256 px\n")
     print(
         "| backbone | setting | precision | workers | train img/s | x Stfpm | 1st epoch img/s | val img/s "
-        "| start-up s | peak RSS GB |"
+        "| start-up s | peak RSS GB | step split (" + ", ".join([*STEP_PARTS, "data_wait", "other"]) + ") |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for backbone in args.backbones:
         rows = [row for row in results if row["backbone"] == backbone]
         reference = next((row["train_img_s"] for row in rows if row["setting"] == "stfpm"), None)
@@ -245,7 +339,7 @@ def main() -> None:
             print(
                 f"| {backbone} | {row['setting']} | {row['precision']} | {row['num_workers']} "
                 f"| {row['train_img_s']:.2f} | {ratio} | {row['first_epoch_img_s']:.2f} | {row['val_img_s']:.1f} "
-                f"| {row['startup_s']:.1f} | {row['peak_rss_gb']:.2f} |",
+                f"| {row['startup_s']:.1f} | {row['peak_rss_gb']:.2f} | {_split_cell(row.get('step_split'))} |",
             )
 
 
