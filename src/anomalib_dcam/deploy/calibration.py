@@ -52,7 +52,7 @@ from anomalib.data.datasets.base.image import AnomalibDataset
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import Resize
 
-from anomalib_dcam._validation import coerce_choice
+from anomalib_dcam._validation import check_unit_interval, coerce_choice
 
 logger = logging.getLogger(__name__)
 
@@ -521,9 +521,7 @@ class SyntheticAnomalyCalibration(CalibrationDataModule):
             msg = "SyntheticAnomalyCalibration needs datamodule=<the training datamodule>; it alters its normals."
             raise ValueError(msg)
         super().__init__(datamodule, image_size, num_images, batch_size, eval_batch_size, seed)
-        if isinstance(anomaly_probability, bool) or not 0.0 <= float(anomaly_probability) <= 1.0:
-            msg = f"anomaly_probability={anomaly_probability!r} is not accepted; it must be a number in [0, 1]."
-            raise ValueError(msg)
+        anomaly_probability = check_unit_interval(anomaly_probability, "anomaly_probability")
         if anomaly_source_path is not None and not Path(anomaly_source_path).is_dir():
             msg = f"anomaly_source_path={str(anomaly_source_path)!r} is not a folder; pass a folder of images or None."
             raise ValueError(msg)

@@ -47,6 +47,8 @@ from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 from torchvision import io
 from torchvision.transforms import v2
 
+from anomalib_dcam._validation import check_unit_interval
+
 __all__ = ["PerlinDefectBank"]
 
 logger = logging.getLogger(__name__)
@@ -104,9 +106,7 @@ class PerlinDefectBank:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             msg = f"size={size!r} is not accepted; the bank needs a positive integer number of entries."
             raise ValueError(msg)
-        if not 0.0 <= float(probability) <= 1.0:
-            msg = f"probability={probability!r} is not accepted; it must be in [0, 1]."
-            raise ValueError(msg)
+        probability = check_unit_interval(probability, "probability")
         low, high = (float(value) for value in blend)
         if not 0.0 <= low <= high:
             msg = f"blend={tuple(blend)!r} is not accepted; it must be (low, high) with 0 <= low <= high."
