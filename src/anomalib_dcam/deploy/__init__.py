@@ -8,7 +8,10 @@
 - Calibration datamodules (usable as ``--data anomalib_dcam.deploy.<Class>``): :class:`NormalsCalibration`,
   :class:`RandomNormalCalibration`, :class:`SyntheticAnomalyCalibration`.
 - :mod:`anomalib_dcam.deploy.qat`: quantization-aware training (``python -m anomalib_dcam.deploy.qat``).
-- :func:`openvino_inferencer` and :func:`compile_openvino`: inference with an explicit precision hint.
+- :func:`openvino_inferencer` and :func:`compile_openvino`: inference with an explicit precision hint; the inferencer
+  takes any image size, grayscale or RGBA, and can be shared by threads.
+- :mod:`anomalib_dcam.deploy.category_output`: a unified model's recognised product kept inside the exported graph,
+  so that anomalib's own ``OpenVINOInferencer`` and ``TorchInferencer`` read every export.
 - :class:`OpenVINOModel`: an exported IR as an anomalib model, for ``anomalib predict`` and ``anomalib test``.
 
 docs/deployment.md walks through all of it.
@@ -26,7 +29,15 @@ _LAZY_ATTRIBUTES = {
     "RandomNormalCalibration": "calibration",
     "SyntheticAnomalyCalibration": "calibration",
     "build_calibration_datamodule": "calibration",
+    "ACCEPTED_IMAGES": "inference",
+    "CategoryExportMixin": "category_output",
     "CategoryOpenVINOInferencer": "inference",
+    "expose_category_output": "category_output",
+    "exporting_category": "category_output",
+    "hide_category_output": "category_output",
+    "hide_category_result": "category_output",
+    "image_batch": "inference",
+    "read_openvino_model": "inference",
     "PRECISION_HINTS": "inference",
     "read_category_names": "categories",
     "read_category_names_from_file": "categories",
@@ -48,9 +59,11 @@ _LAZY_ATTRIBUTES = {
 }
 
 __all__ = [
+    "ACCEPTED_IMAGES",
     "PRECISION_HINTS",
     "CalibrationDataModule",
     "CalibrationSource",
+    "CategoryExportMixin",
     "CategoryOpenVINOInferencer",
     "NoiseSpace",
     "NormalsCalibration",
@@ -65,12 +78,18 @@ __all__ = [
     "compress_openvino_model",
     "convert_to_openvino",
     "export_openvino",
+    "expose_category_output",
+    "exporting_category",
+    "hide_category_output",
+    "hide_category_result",
+    "image_batch",
     "openvino_config",
     "openvino_inferencer",
     "quantize_post_training",
     "quantize_with_accuracy_control",
     "read_category_names",
     "read_category_names_from_file",
+    "read_openvino_model",
     "resolve_acq_metric",
     "save_openvino",
     "static_input_size",

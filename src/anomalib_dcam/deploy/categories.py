@@ -1,11 +1,13 @@
 # Copyright (C) 2026 The anomalib-dcam authors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Category names in exported OpenVINO IRs: a unified model's ``pred_category`` output gets its names back.
+"""Category names in exported models: a unified model's ``pred_category`` gets its names back.
 
 The names are stored in the IR's ``rt_info`` under ``anomalib_dcam/category_names`` (a JSON list), written by
 ``model.to_openvino`` / ``anomalib export`` of a model with a multi-category
-:class:`~anomalib_dcam.post_processing.CategoryPostProcessor`, and by :func:`anomalib_dcam.deploy.export_openvino`.
+:class:`~anomalib_dcam.post_processing.CategoryPostProcessor`, and by :func:`anomalib_dcam.deploy.export_openvino`. An
+ONNX file exported by the plugin holds them in its metadata (``metadata_props``), which OpenVINO reads into
+``rt_info["framework"]``; :func:`read_category_names` looks in both places.
 """
 
 import json
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
 
 RT_INFO_PATH = ["anomalib_dcam", "category_names"]
 """Where the category names live in an IR's ``rt_info``."""
+
+ONNX_RT_INFO_PATH = ["framework", "anomalib_dcam/category_names"]
+"""Where OpenVINO puts the names of an ONNX file's metadata (and keeps them when converting it to an IR)."""
 
 UNKNOWN_CATEGORY_NAME = "unknown"
 """Name printed for ``pred_category == -1``: an image of none of the model's products."""
@@ -45,17 +50,18 @@ def set_category_names(ov_model: "ov.Model", names: list[str]) -> None:
 
 
 def read_category_names(ov_model: "ov.Model") -> list[str]:
-    """Category names stored by :func:`set_category_names`; empty for an IR without them."""
-    if not ov_model.has_rt_info(RT_INFO_PATH):
-        return []
-    return [str(name) for name in json.loads(ov_model.get_rt_info(RT_INFO_PATH).astype(str))]
+    """Category names stored by :func:`set_category_names` or in ONNX metadata; empty for a model without them."""
+    for path in (RT_INFO_PATH, ONNX_RT_INFO_PATH):
+        if ov_model.has_rt_info(path):
+            return [str(name) for name in json.loads(ov_model.get_rt_info(path).astype(str))]
+    return []
 
 
 def read_category_names_from_file(path: str | Path) -> list[str]:
-    """Category names of an ``.xml`` IR (an ``.onnx`` file has none)."""
+    """Category names of an ``.xml`` IR or ``.onnx`` file (reads the file; prefer :func:`read_category_names`)."""
     import openvino as ov
 
-    if Path(path).suffix != ".xml":
+    if Path(path).suffix not in {".xml", ".onnx"}:
         return []
     return read_category_names(ov.Core().read_model(str(path)))
 

@@ -37,8 +37,9 @@ from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Resize
 
-from anomalib_dcam.deploy.categories import category_name, read_category_names_from_file
-from anomalib_dcam.deploy.inference import compile_openvino, static_input_size
+from anomalib_dcam.deploy.categories import category_name, read_category_names
+from anomalib_dcam.deploy.category_output import CATEGORY_OUTPUT
+from anomalib_dcam.deploy.inference import compile_openvino, read_openvino_model, static_input_size
 from anomalib_dcam.post_processing.category import CategoryInferenceBatch
 
 if TYPE_CHECKING:
@@ -52,9 +53,6 @@ logger = logging.getLogger(__name__)
 OUTPUT_NAMES = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
 """Outputs of an anomalib IR, in :class:`~anomalib.data.InferenceBatch` order."""
 
-CATEGORY_OUTPUT = "pred_category"
-"""Extra output of a unified model with per-category post-processing: the recognised category's index."""
-
 BOOLEAN_OUTPUTS = frozenset({"pred_label", "pred_mask"})
 """Outputs exported as ``int8`` that anomalib's batches hold as booleans."""
 
@@ -62,7 +60,8 @@ BOOLEAN_OUTPUTS = frozenset({"pred_label", "pred_mask"})
 class OpenVINOInferenceModel(nn.Module):
     """A compiled OpenVINO anomaly model behind the interface of anomalib's torch models.
 
-    ``forward`` takes a float image batch ``(N, 3, H, W)`` in ``[0, 1]`` and returns an
+    ``forward`` takes a float image batch ``(N, C, H, W)`` in ``[0, 1]`` (C = 3; 1, grayscale, is repeated to RGB and
+    4, RGBA, loses its alpha channel, as anomalib's image reader does) and returns an
     :class:`~anomalib.data.InferenceBatch` of the IR's outputs as tensors on the input's device.
 
     Args:
@@ -88,13 +87,24 @@ class OpenVINOInferenceModel(nn.Module):
         """Score a batch of images with the compiled model.
 
         Args:
-            image: Float images ``(N, 3, H, W)`` in ``[0, 1]``, at the IR's input size when it is static.
+            image: Float images ``(N, C, H, W)`` in ``[0, 1]`` with C = 1, 3 or 4, at the IR's input size when it is
+                static.
 
         Returns:
             The IR's predictions: scores, labels, anomaly maps and masks, as the exported post-processor made them,
             and ``pred_category`` (a :class:`~anomalib_dcam.post_processing.CategoryInferenceBatch`) for a unified
             model with per-category post-processing.
         """
+        if image.dim() != 4 or image.shape[1] not in {1, 3, 4}:
+            msg = (
+                f"cannot score images of shape {tuple(image.shape)}: pass float images (N, C, H, W) in [0, 1] with "
+                "C = 3 (RGB), 1 (grayscale) or 4 (RGBA, alpha dropped)."
+            )
+            raise ValueError(msg)
+        if image.shape[1] == 1:
+            image = image.expand(-1, 3, -1, -1)
+        elif image.shape[1] == 4:
+            image = image[:, :3]
         results = self.compiled_model(image.detach().to("cpu", torch.float32).contiguous().numpy())
         outputs: dict[str, torch.Tensor] = {}
         for output, value in results.items():
@@ -162,14 +172,15 @@ class OpenVINOModel(AnomalibModule):
             msg = f"path={str(path)!r} has no weights file {str(path.with_suffix('.bin'))!r} beside it."
             raise FileNotFoundError(msg)
 
-        self.ir_input_size = static_input_size(path)
+        ov_model = read_openvino_model(path)  # the one read of the file: size, names and compiled model come from it
+        self.ir_input_size = static_input_size(ov_model)
         if pre_processor is True:
             pre_processor = self.configure_ir_pre_processor(self.ir_input_size)
         super().__init__(pre_processor=pre_processor, post_processor=False, evaluator=evaluator, visualizer=visualizer)
         self.model = OpenVINOInferenceModel(
-            compile_openvino(path, openvino_device, precision_hint=precision_hint, num_threads=num_threads),
+            compile_openvino(ov_model, openvino_device, precision_hint=precision_hint, num_threads=num_threads),
         )
-        self.category_names = read_category_names_from_file(path)
+        self.category_names = read_category_names(ov_model)
         # anomalib's Engine warns that no checkpoint was loaded; say where the weights come from instead.
         logger.info(
             "Scoring with the OpenVINO model %s on %s (INFERENCE_PRECISION_HINT=%s, input size %s).",

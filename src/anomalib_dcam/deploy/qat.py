@@ -38,6 +38,7 @@ from torch import nn
 
 from anomalib_dcam._validation import check_positive, coerce_choice
 from anomalib_dcam.deploy.categories import model_category_names, set_category_names
+from anomalib_dcam.deploy.category_output import hide_category_result
 
 from .calibration import CalibrationDataModule, CalibrationSource, build_calibration_datamodule
 from .quantization import _batch_images, _quiet_nncf, pre_processor_stats
@@ -222,6 +223,7 @@ def export_qat_openvino(
         names = [name for name in _OUTPUT_ORDER if getattr(probe, name, None) is not None]
         ov_model = ov.convert_model(_InferenceGraph(model, names), example_input=example, input=[-1, 3, height, width])
     _name_ports(ov_model, names)
+    hide_category_result(ov_model)  # anomalib's four outputs; the plugin's readers add the category back
     xml_path = create_export_root(export_root, ExportType.OPENVINO) / f"{model_file_name}.xml"
     set_category_names(ov_model, model_category_names(model))
     ov.save_model(ov_model, xml_path, compress_to_fp16=False)

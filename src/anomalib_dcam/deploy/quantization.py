@@ -53,6 +53,7 @@ from torchmetrics import Metric
 
 from .calibration import CalibrationDataModule
 from .categories import model_category_names, set_category_names, write_category_names
+from .category_output import CategoryExportMixin, exporting_category, hide_category_output
 
 if TYPE_CHECKING:
     import nncf
@@ -478,7 +479,10 @@ def convert_to_openvino(
     onnx_kwargs = {"opset_version": 18, **(onnx_kwargs or {})}
     model.eval()
     with TemporaryDirectory() as onnx_directory:
-        onnx_path = model.to_onnx(onnx_directory, "model", input_size, **onnx_kwargs)
+        # A model without CategoryExportMixin exports its category the same way (a no-op for one that has it).
+        with exporting_category(model):
+            onnx_path = model.to_onnx(onnx_directory, "model", input_size, **onnx_kwargs)
+        hide_category_output(onnx_path, model_category_names(model))
         # The ONNX frontend reads the weights into memory, so the model outlives the temporary file.
         return ov.convert_model(onnx_path, **(ov_kwargs or {}))
 
@@ -560,13 +564,15 @@ def export_openvino(
     return save_openvino(ov_model, export_root, model_file_name, compression_type)
 
 
-class OpenVINOQuantizationMixin:
+class OpenVINOQuantizationMixin(CategoryExportMixin):
     """Replace anomalib's INT8 steps of ``to_openvino`` with this module's (see the module docstring).
 
     Place it before ``AnomalibModule`` in the bases, e.g. ``class Dcam(OpenVINOQuantizationMixin, AnomalibModule)``.
     ``model.to_openvino(...)`` and ``anomalib export --export_type openvino --compression_type INT8_PTQ|INT8_ACQ``
     then calibrate at the export size, accept the calibration datamodules and keep the anomaly-map head in floating
-    point. Set ``keep_head_fp32 = False`` on a model to quantize the head as well.
+    point. Set ``keep_head_fp32 = False`` on a model to quantize the head as well. Through
+    :class:`~anomalib_dcam.deploy.category_output.CategoryExportMixin`, a unified model's exports keep the recognised
+    category inside the graph, so that anomalib's own inferencers read them.
     """
 
     keep_head_fp32: bool = True
