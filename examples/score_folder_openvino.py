@@ -5,14 +5,17 @@ r"""Score a folder of images with an exported Dcam OpenVINO IR: a CSV of scores 
 
 The IR comes from ``anomalib export --model Dcam --export_type openvino ...``, from
 :func:`anomalib_dcam.deploy.export_openvino` or from ``python -m anomalib_dcam.deploy.qat``. Images are read with
-anomalib's reader (RGB, values in [0, 1]), resized to the IR's input size when it is static (antialiased bilinear, as
-anomalib's data pipeline does), and scored with anomalib's ``OpenVINOInferencer`` on the CPU at the requested
-precision hint (``f32`` by default: bit-for-bit the same model as PyTorch FP32; ``default`` lets bf16-capable CPUs
-compute in bf16, which shifts scores).
+anomalib's reader (RGB, grayscale repeated, values in [0, 1]), resized to the IR's input size when it is static
+(antialiased bilinear, as anomalib's data pipeline does), and scored with the plugin's inferencer
+(:func:`anomalib_dcam.deploy.openvino_inferencer`: anomalib's ``OpenVINOInferencer`` plus the recognised product) on
+the CPU at the requested precision hint (``f32`` by default: bit-for-bit the same model as PyTorch FP32; ``default``
+lets bf16-capable CPUs compute in bf16, which shifts scores).
 
 Writes:
-    ``<output>/scores.csv``: ``image``, ``pred_score``, ``pred_label`` (the threshold stored in the model) and
-    ``category`` (the product a unified model recognised and whose threshold it applied; empty for one category).
+    ``<output>/scores.csv``: ``image``, ``pred_score`` (in (0, 1), 0.5 at the product's threshold), ``pred_label``
+    (the model's decision: above the threshold stored in the model, or an unknown product) and ``category`` (the
+    product a unified model recognised and whose threshold it applied, ``unknown`` for another product; empty for a
+    one-product model).
     ``<output>/heatmaps/<image path relative to --images>.png``: the anomaly map over the image.
 
 Example:
@@ -58,7 +61,7 @@ def load_image(path: Path, size: tuple[int, int] | None) -> "torch.Tensor":
 
 
 def save_heatmap(image: "torch.Tensor", anomaly_map: "np.ndarray", path: Path) -> None:
-    """Overlay the anomaly map (values in [0, 1] after the model's normalisation) on the image, as a PNG."""
+    """Overlay the anomaly map (values in (0, 1) after the model's score map, 0.5 at the pixel threshold), as a PNG."""
     import numpy as np
     from anomalib.visualization.image.functional import overlay_image, visualize_anomaly_map
     from torchvision.transforms.v2.functional import to_pil_image
