@@ -178,13 +178,14 @@ def _format_rate(value: float) -> str:
 def describe_threshold(result: FalseAlarmThreshold) -> str:
     """One line on how a false-alarm threshold was set and what its true rate may be, for logs."""
     how = {
-        "order_statistic": f"the {result.rank}. largest of {result.count}",
+        "order_statistic": f"the k-th largest, k = {result.rank}, of {result.count}",
         "tail_fit": f"an exponential tail fit to {result.count}",
         "largest": f"the largest of {result.count}",
     }[result.rule]
+    assumed = " if the tail is exponential" if result.rule == "tail_fit" else ""
     return (
         f"{result.threshold:.6g} ({how} normal values; budget {_format_rate(result.budget)}, expected "
-        f"{_format_rate(result.expected_rate)}, 95 % upper bound {_format_rate(result.upper_bound)})"
+        f"{_format_rate(result.expected_rate)}{assumed}, 95 % upper bound {_format_rate(result.upper_bound)})"
     )
 
 
@@ -439,7 +440,6 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
         self._features: torch.Tensor | None = None
         self._val_categories: dict[str, int] = {}
         self._outputs: dict[str, tuple[int | None, dict[str, torch.Tensor | None]]] = {}
-        self._unknown_limit_report: list[dict[str, Any]] = []
 
     # -- configuration persisted in checkpoints ---------------------------------------------------------------------
 
@@ -622,7 +622,6 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
         self._features = None
         reports = self.recognizer.fit(torch.cat(features), torch.tensor(categories), len(names))
         self.category_names = names
-        self._unknown_limit_report = reports
         self.calibration_report = {**self.calibration_report, "unknown_limits": dict(zip(names, reports, strict=True))}
         self.to(pl_module.device)
         for name, limit, report in zip(names, self.recognizer.distance_limits.tolist(), reports, strict=True):
@@ -739,6 +738,12 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
         if "unknown_limits" in self.calibration_report:
             report["unknown_limits"] = self.calibration_report["unknown_limits"]
         self.calibration_report = report
+        groups = report.get("categories", {"all validation images": overall_report})
+        for name, group in groups.items():
+            for level in ("image", "pixel"):
+                if "expected_rate" in group.get(level, {}):
+                    threshold = describe_threshold(FalseAlarmThreshold(**group[level]))
+                    logger.info("Calibration of %s: %s threshold %s.", name, level, threshold)
 
     def _calibrate(
         self,
