@@ -15,24 +15,28 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomalib_dcam.categories import UNKNOWN_CATEGORY_NAME, category_name
+
 if TYPE_CHECKING:
     import openvino as ov
+
+__all__ = [  # the vocabulary (UNKNOWN_CATEGORY_NAME, category_name) is re-exported from anomalib_dcam.categories
+    "ONNX_RT_INFO_PATH",
+    "RT_INFO_PATH",
+    "UNKNOWN_CATEGORY_NAME",
+    "category_name",
+    "model_category_names",
+    "read_category_names",
+    "read_category_names_from_file",
+    "set_category_names",
+    "write_category_names",
+]
 
 RT_INFO_PATH = ["anomalib_dcam", "category_names"]
 """Where the category names live in an IR's ``rt_info``."""
 
 ONNX_RT_INFO_PATH = ["framework", "anomalib_dcam/category_names"]
 """Where OpenVINO puts the names of an ONNX file's metadata (and keeps them when converting it to an IR)."""
-
-UNKNOWN_CATEGORY_NAME = "unknown"
-"""Name printed for ``pred_category == -1``: an image of none of the model's products."""
-
-
-def category_name(index: int, names: list[str]) -> str:
-    """Name of a ``pred_category`` value: ``"unknown"`` for -1, the index itself when the file holds no names."""
-    if index < 0:
-        return UNKNOWN_CATEGORY_NAME
-    return names[index] if index < len(names) else str(index)
 
 
 def model_category_names(model: Any) -> list[str]:

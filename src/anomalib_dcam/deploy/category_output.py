@@ -34,6 +34,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomalib_dcam.categories import CATEGORY_OUTPUT
+
 if TYPE_CHECKING:
     import openvino as ov
 
@@ -48,9 +50,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-CATEGORY_OUTPUT = "pred_category"
-"""Name of the category tensor (index into the category names, ``-1`` for an unknown product)."""
 
 ONNX_METADATA_KEY = "anomalib_dcam/category_names"
 """``metadata_props`` key of the category names (a JSON list) in an exported ONNX file."""

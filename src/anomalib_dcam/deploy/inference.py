@@ -28,8 +28,9 @@ import numpy as np
 from anomalib.data import NumpyImageBatch
 from anomalib.deploy import OpenVINOInferencer
 
-from anomalib_dcam.deploy.categories import category_name, read_category_names
-from anomalib_dcam.deploy.category_output import CATEGORY_OUTPUT, expose_category_output
+from anomalib_dcam.categories import CATEGORY_OUTPUT, category_name
+from anomalib_dcam.deploy.categories import read_category_names
+from anomalib_dcam.deploy.category_output import expose_category_output
 
 if TYPE_CHECKING:
     import openvino as ov

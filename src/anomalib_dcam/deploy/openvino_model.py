@@ -37,8 +37,8 @@ from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Resize
 
-from anomalib_dcam.deploy.categories import category_name, read_category_names
-from anomalib_dcam.deploy.category_output import CATEGORY_OUTPUT
+from anomalib_dcam.categories import CATEGORY_OUTPUT, category_name
+from anomalib_dcam.deploy.categories import read_category_names
 from anomalib_dcam.deploy.inference import compile_openvino, read_openvino_model, static_input_size
 from anomalib_dcam.post_processing.category import CategoryInferenceBatch
 

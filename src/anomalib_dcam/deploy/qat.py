@@ -37,6 +37,7 @@ from anomalib.data import AnomalibDataModule
 from torch import nn
 
 from anomalib_dcam._validation import check_positive, coerce_choice
+from anomalib_dcam.categories import CATEGORY_OUTPUT
 from anomalib_dcam.deploy.categories import model_category_names, set_category_names
 from anomalib_dcam.deploy.category_output import hide_category_result
 
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["QuantizeScope", "export_qat_openvino", "fine_tune", "main", "prepare_qat", "run_qat"]
 
-_OUTPUT_ORDER = ("pred_score", "pred_label", "anomaly_map", "pred_mask", "pred_category")
+_OUTPUT_ORDER = ("pred_score", "pred_label", "anomaly_map", "pred_mask", CATEGORY_OUTPUT)
 _EXTENSION_TIMEOUT_VARIABLE = "NNCF_EXTENSION_LOAD_TIMEOUT"
 
 

@@ -8,7 +8,7 @@
 - :mod:`~anomalib_dcam.post_processing.score_map`: the strictly increasing map of raw scores to ``(0, 1)``.
 """
 
-from anomalib_dcam.deploy.categories import UNKNOWN_CATEGORY_NAME
+from anomalib_dcam.categories import UNKNOWN_CATEGORY_NAME
 from anomalib_dcam.post_processing.category import (
     UNKNOWN_CATEGORY,
     CategoryInferenceBatch,

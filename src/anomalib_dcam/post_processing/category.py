@@ -46,14 +46,12 @@ from torch.nn import functional
 from torch.utils.data import DataLoader
 
 from anomalib_dcam._validation import check_positive, coerce_choice
-from anomalib_dcam.deploy.categories import category_name
+from anomalib_dcam.categories import CATEGORY_OUTPUT, UNKNOWN_CATEGORY, category_name
 from anomalib_dcam.post_processing.false_alarm import FalseAlarmThreshold, check_rate, false_alarm_threshold
 from anomalib_dcam.post_processing.score_map import normal_scale, threshold_centred_map
 
 logger = logging.getLogger(__name__)
 
-UNKNOWN_CATEGORY = -1
-"""``pred_category`` of an image that is farther from every category's prototype than that category's limit."""
 
 UNKNOWN_SEPARATION_FRACTION = 0.25
 """Former unknown-product rule (``unknown_margin``): smallest limit, as a fraction of the distance to the nearest
@@ -126,7 +124,7 @@ class CategoryInferenceBatch(InferenceBatch):
         return batch
 
     def _replace(self, **changes: Any) -> CategoryInferenceBatch:
-        fields = {**self._asdict(), "pred_category": self.pred_category, **changes}
+        fields = {**self._asdict(), CATEGORY_OUTPUT: self.pred_category, **changes}
         return type(self)(**fields)
 
     def __repr__(self) -> str:
