@@ -6,7 +6,6 @@
 import logging
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -191,10 +190,14 @@ def test_auto_falls_back_to_no_cache_over_the_cap(
 
 
 def test_auto_falls_back_to_no_cache_without_a_datamodule(caplog: pytest.LogCaptureFixture) -> None:
+    from anomalib_dcam.models.dcam.cached_teacher import start_teacher_cache
+
     model = _small_dcam()
-    model._trainer = SimpleNamespace(datamodule=None)  # fit(train_dataloaders=...): no transforms to check
+    # fit(train_dataloaders=...): no datamodule, no transforms to check.
     with caplog.at_level(logging.INFO, logger="anomalib_dcam"):
-        model._start_teacher_cache()
+        start_teacher_cache(
+            model.teacher_cache, model.model.teacher_model, None, model.pre_processor.transform, model.device
+        )
     assert "datamodule" in model.teacher_cache.disabled_reason
     assert [record.levelno for record in _cache_records(caplog)] == [logging.INFO]
 

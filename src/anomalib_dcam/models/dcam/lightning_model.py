@@ -45,14 +45,13 @@ from anomalib_dcam.precision import native_cpu_bf16
 
 from .anomaly_map import CombineMode
 from .attention import AttentionPlacement, AttentionType
+from .cached_teacher import cached_teacher_features, close_teacher_cache, start_teacher_cache
 from .loss import DcamLoss, Reduction
 from .synthetic_anomaly import DefectGenerator, SyntheticAnomalyStep, defect_seed, find_normalize
 from .teacher_cache import (
     CacheDtype,
     CacheStorage,
     TeacherFeatureCache,
-    image_keys,
-    non_deterministic_transforms,
 )
 from .torch_model import DcamModel
 
@@ -299,70 +298,9 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self.teacher_cache is not None:
-            self._start_teacher_cache()
-
-    def _start_teacher_cache(self) -> None:
-        """Empty the cache for this fit, or disable it when the training images are not the same every epoch.
-
-        Under ``teacher_cache="auto"`` the cache is also left off when the training set's estimated pyramid exceeds
-        ``teacher_cache_max_gb``; the choice and its reason are logged at INFO level.
-        """
-        cache = self.teacher_cache
-        train_data = getattr(getattr(self.trainer, "datamodule", None), "train_data", None)
-        augmentations = getattr(train_data, "augmentations", None)
-        transform = getattr(self.pre_processor, "transform", None)
-        cache.reset(fingerprint=f"{augmentations!r}|{transform!r}", expected_items=len(train_data or ()))
-        if train_data is None:
-            cache.disable(
-                "the training data does not come from an anomalib datamodule, so its transforms cannot be checked"
-                + ("." if cache.auto else "; train with a datamodule or set teacher_cache='off'."),
-            )
-            return
-        random_parts = non_deterministic_transforms(augmentations) + non_deterministic_transforms(transform)
-        if random_parts:
-            cache.disable(
-                f"the training transforms include {', '.join(random_parts)}, which is random or not known to be "
-                "deterministic, so the teacher's features change between epochs"
-                + ("." if cache.auto else "; set teacher_cache='off' or remove the random training augmentations."),
-            )
-            return
-        if not cache.auto:
-            logger.info("Teacher-feature cache on (teacher_cache=%r).", cache.storage.value)
-            return
-        if len(train_data) == 0:
-            cache.disable("the datamodule has no training images.")
-            return
-        per_image = self._teacher_bytes_per_image(train_data[0].image, cache)
-        estimate_gb = len(train_data) * per_image / 1024**3
-        limit_gb = cache.max_bytes / 1024**3
-        if estimate_gb > limit_gb:
-            cache.disable(
-                f"the teacher's features of the {len(train_data)} training images would take an estimated "
-                f"{estimate_gb:.2f} GB ({per_image / 1024**2:.2f} MB each), over teacher_cache_max_gb={limit_gb:.2f}; "
-                "raise teacher_cache_max_gb, or set teacher_cache='memory' (caches the images that fit) or 'disk'.",
-            )
-            return
-        logger.info(
-            "Teacher-feature cache on in memory (teacher_cache='auto'): the training transforms are deterministic and "
-            "the %d training images take an estimated %.2f GB (%.2f MB each), within teacher_cache_max_gb=%.2f.",
-            len(train_data),
-            estimate_gb,
-            per_image / 1024**2,
-            limit_gb,
-        )
-
-    def _teacher_bytes_per_image(self, image: torch.Tensor, cache: TeacherFeatureCache) -> int:
-        """Bytes the cache would store per training image: the teacher run once on one pre-processed image.
-
-        Run rather than computed from the backbone's strides, so that any backbone, padding or pre-processing size
-        gives the true shapes; one image costs a few milliseconds at the start of fit.
-        """
-        images = image.unsqueeze(0).to(self.device)
-        transform = getattr(self.pre_processor, "transform", None)
-        if transform is not None:
-            images = transform(images)
-        with torch.no_grad():
-            return cache.bytes_per_item(self.model.teacher_model(images))
+            train_data = getattr(getattr(self.trainer, "datamodule", None), "train_data", None)
+            transform = getattr(self.pre_processor, "transform", None)
+            start_teacher_cache(self.teacher_cache, self.model.teacher_model, train_data, transform, self.device)
 
     def on_train_epoch_start(self) -> None:
         """Remember the cache counters, to log this epoch's hit rate."""
@@ -383,51 +321,14 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         """Free the cache and restore the default memory layout, so that export and inference see plain tensors."""
         if self.channels_last:
             self.model.to(memory_format=torch.contiguous_format)
-        cache = self.teacher_cache
-        if cache is not None and cache.enabled:
-            logger.info(
-                "Teacher-feature cache: %d hits, %d misses, %d images stored (%.2f GB), %d not stored (cap).",
-                cache.stats.hits,
-                cache.stats.misses,
-                cache.stored_items,
-                cache.stored_bytes / 1024**3,
-                cache.stats.overflow,
-            )
-            cache.close()
+        if self.teacher_cache is not None:
+            close_teacher_cache(self.teacher_cache)
 
     def _cached_teacher_features(self, batch: Batch, images: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """The teacher's pyramid of ``images``, from the cache where stored; ``None`` when the cache is off."""
-        cache = self.teacher_cache
-        if cache is None or not cache.enabled:
+        if self.teacher_cache is None:
             return None
-        if batch.image_path is None:
-            cache.disable(
-                "the training batches carry no image_path to key the cache by"
-                + ("." if cache.auto else "; set teacher_cache='off'."),
-            )
-            return None
-        size = "x".join(str(side) for side in images.shape[1:])
-        keys = [f"{key}|{size}" for key in image_keys(batch.image_path)]
-        slots = cache.get(keys)
-        missing = [row for row, slot in enumerate(slots) if slot is None]
-        if len(missing) == len(slots):
-            features = self.model.teacher_model(images)
-            cache.put(keys, features)
-            return cache.as_stored(features)
-        stored = [row for row, slot in enumerate(slots) if slot is not None]
-        cached = cache.read([slots[row] for row in stored], device=images.device, dtype=torch.float32)
-        if not missing:
-            return cached
-        computed = self.model.teacher_model(images[missing])
-        cache.put([keys[row] for row in missing], computed)
-        computed = cache.as_stored(computed)
-        features = {}
-        for level, values in cached.items():
-            merged = values.new_empty((len(slots), *values.shape[1:]))
-            merged[stored] = values
-            merged[missing] = computed[level].float()
-            features[level] = merged
-        return features
+        return cached_teacher_features(self.teacher_cache, self.model.teacher_model, batch.image_path, images)
 
     def training_step(self, batch: Batch, batch_idx: int = 0, *args, **kwargs) -> STEP_OUTPUT:
         """Compute the DCAM loss on a batch of normal images and log every term.
