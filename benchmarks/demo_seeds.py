@@ -16,12 +16,12 @@ Example:
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from dcam_vs_stfpm import ATTENTION_DEFAULTS, FORMER_DEFAULTS
+from seeds import mean_std
 
 # Variant -> Dcam options on top of Dcam's current defaults; the recorded ablations are of DCAM's attention model.
 VARIANTS: dict[str, dict] = {
@@ -53,12 +53,6 @@ def run(variant: str, seed: int, records: Path, epochs: int, num_train: int) -> 
     records.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2))
     return record
-
-
-def mean_std(values: list[float], signed: bool = False) -> str:
-    """``mean ± std`` (sample std; ``± -`` for one value)."""
-    spread = f"{statistics.stdev(values):.3f}" if len(values) > 1 else "-"
-    return f"{statistics.fmean(values):{'+' if signed else ''}.3f} ± {spread}"
 
 
 def main() -> None:

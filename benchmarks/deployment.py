@@ -36,8 +36,6 @@ Example:
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import time
@@ -92,11 +90,9 @@ def current_rss_mb() -> float:
 
 def peak_rss_mb() -> float:
     """High-water mark of this process's resident set size in MiB (since the last :func:`reset_peak_rss`)."""
-    peak = _proc_status_mb("VmHWM")
-    if peak is not None:
-        return peak
-    maximum = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maximum / (1024 * 1024) if sys.platform == "darwin" else maximum / 1024  # bytes on macOS, KiB elsewhere
+    from anomalib_dcam.benchmark.worker import peak_rss_mb as package_peak_rss_mb  # imported after the HF settings
+
+    return package_peak_rss_mb()
 
 
 def reset_peak_rss() -> bool:
@@ -110,16 +106,6 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
-
-
-def cpu_name() -> str:
-    """CPU model name (Linux), else what ``platform`` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def write_json(path: Path, data: object) -> None:
@@ -562,6 +548,8 @@ def write_reports(args: argparse.Namespace, rows: list[dict]) -> None:
 
     import openvino as ov
     import torch
+
+    from anomalib_dcam.benchmark.worker import cpu_name
 
     with (args.output / "results.csv").open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))

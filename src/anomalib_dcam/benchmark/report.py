@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from anomalib_dcam.callbacks.per_category import is_missing
+
 from .config import RUNTIMES, BenchmarkConfig
-from .worker import EXAMPLES_FILE, output_file
+from .worker import EXAMPLES_FILE, cpu_name, output_file, read_json
 
 if TYPE_CHECKING:
     from .runner import JobOutcome
@@ -70,23 +72,12 @@ RESULT_COLUMNS = (
 PER_CATEGORY_COLUMNS = ("model", "data", "seed", "category", "images", "anomalous_images", *QUALITY_METRICS, "job_key")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _is_missing(value: object) -> bool:
-    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
-
-
 def job_row(outcome: "JobOutcome", config: BenchmarkConfig) -> dict[str, Any]:
     """One row of ``results.csv`` for a job (see :data:`RESULT_COLUMNS`)."""
     planned, job_dir = outcome.planned, outcome.job_dir
     job = planned.job
-    train = _read_json(job_dir / output_file("train")) or {}
-    export = _read_json(job_dir / output_file("export")) or {}
+    train = read_json(job_dir / output_file("train")) or {}
+    export = read_json(job_dir / output_file("export")) or {}
     row: dict[str, Any] = dict.fromkeys(RESULT_COLUMNS)
     row.update(
         model=job.model.name,
@@ -118,7 +109,7 @@ def job_row(outcome: "JobOutcome", config: BenchmarkConfig) -> dict[str, Any]:
     for runtime, exported in export.get("runtimes", {}).items():
         row[f"{runtime}_size_mb"] = exported.get("size_mb")
     for runtime in config.inference.runtimes:
-        latency = _read_json(job_dir / output_file("latency", runtime)) or {}
+        latency = read_json(job_dir / output_file("latency", runtime)) or {}
         for measure in ("latency_ms", "throughput_ips", "peak_rss_mb"):
             row[f"{runtime}_{measure}"] = latency.get(measure)
     return row
@@ -128,7 +119,7 @@ def per_category_rows(outcome: "JobOutcome") -> list[dict[str, Any]]:
     """Rows of ``per_category.csv`` for a full job: each category, ``mean`` and ``global``."""
     if outcome.planned.job.speed_only or outcome.status == "skipped":
         return []
-    train = _read_json(outcome.job_dir / output_file("train")) or {}
+    train = read_json(outcome.job_dir / output_file("train")) or {}
     job = outcome.planned.job
     return [
         {"model": job.model.name, "data": job.data.name, "seed": job.seed, **row, "job_key": job.key}
@@ -141,14 +132,14 @@ def _write_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: Pat
         writer = csv.DictWriter(file, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: "" if _is_missing(row.get(key)) else row.get(key) for key in columns})
+            writer.writerow({key: "" if is_missing(row.get(key)) else row.get(key) for key in columns})
 
 
 # ---------------------------------------------------------------------------------------------------- Markdown
 
 
 def _cell(value: object, digits: int = 3) -> str:
-    if _is_missing(value):
+    if is_missing(value):
         return "-"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
@@ -171,16 +162,6 @@ def _versions() -> str:
         except PackageNotFoundError:
             continue
     return ", ".join(parts)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _job_label(row: dict[str, Any]) -> list[object]:
@@ -208,7 +189,7 @@ def _markdown(
     lines = [
         "# Benchmark results",
         "",
-        f"Configuration `{config.path}`, written {stamp} on {platform.node()} ({_cpu_name()}, "
+        f"Configuration `{config.path}`, written {stamp} on {platform.node()} ({cpu_name()}, "
         f"{__import__('os').cpu_count()} logical CPUs); {_versions()}.",
         "",
         f"Quality: test-set metrics from raw model scores, mean over the datamodule's categories "
@@ -219,7 +200,7 @@ def _markdown(
         f"`{inference.int8_calibration}` ({inference.int8_calibration_images} images).",
         "",
     ]
-    full = [row for row in rows if row["mode"] == "full" and not _is_missing(row["image_AUROC"])]
+    full = [row for row in rows if row["mode"] == "full" and not is_missing(row["image_AUROC"])]
     if full:
         lines += ["## Quality", ""]
         header = ["model", "data", "seed", "weights", "image AUROC", "pixel AUROC", "pixel AUPRO", "image F1Max"]
@@ -232,11 +213,11 @@ def _markdown(
                 groups.setdefault((row["model"], row["data"]), []).append(row)
             body = [
                 [model, data, len(group)]
-                + [_mean_std([r[m] for r in group if not _is_missing(r[m])]) for m in QUALITY_METRICS]
+                + [_mean_std([r[m] for r in group if not is_missing(r[m])]) for m in QUALITY_METRICS]
                 for (model, data), group in groups.items()
             ]
             lines += _table(["model", "data", "seeds", "image AUROC", "pixel AUROC", "pixel AUPRO", "F1Max"], body)
-    measured = [row for row in rows if not _is_missing(row["fit_s"])]
+    measured = [row for row in rows if not is_missing(row["fit_s"])]
     if measured:
         lines += ["## Training", ""]
         header = ["model", "data", "seed", "epochs", "fit (s)", "train images/s", "train peak RSS (MiB)", "params (M)"]
@@ -247,7 +228,7 @@ def _markdown(
                 _cell(r["fit_s"], 0),
                 _cell(r["train_images_per_s"], 1),
                 _cell(r["train_peak_rss_mb"], 0),
-                _cell(None if _is_missing(r["params"]) else r["params"] / 1e6, 2),
+                _cell(None if is_missing(r["params"]) else r["params"] / 1e6, 2),
             ]
             for r in measured
         ]
@@ -259,7 +240,7 @@ def _markdown(
             ("peak_rss_mb", "Inference peak RSS (MiB, whole process)", 0),
             ("size_mb", "Model size on disk (MiB)", 1),
         ):
-            with_values = [r for r in measured if any(not _is_missing(r[f"{rt}_{measure}"]) for rt in runtimes)]
+            with_values = [r for r in measured if any(not is_missing(r[f"{rt}_{measure}"]) for rt in runtimes)]
             if not with_values:
                 continue
             lines += [f"## {title}", ""]
@@ -316,7 +297,7 @@ def _grouped(rows: Sequence[dict[str, Any]], key: str) -> dict[str, list[dict[st
 
 
 def _metric_bars(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
-    full = [row for row in rows if row["mode"] == "full" and not _is_missing(row["image_AUROC"])]
+    full = [row for row in rows if row["mode"] == "full" and not is_missing(row["image_AUROC"])]
     if not full:
         return None
     by_data = _grouped(full, "data")
@@ -330,7 +311,7 @@ def _metric_bars(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
             group = [row for row in data_rows if row["model"] == model]
             means, errors = [], []
             for metric in QUALITY_METRICS:
-                values = [row[metric] for row in group if not _is_missing(row[metric])]
+                values = [row[metric] for row in group if not is_missing(row[metric])]
                 means.append(statistics.mean(values) if values else math.nan)
                 errors.append(statistics.stdev(values) if len(values) > 1 else 0.0)
             positions = np.arange(len(QUALITY_METRICS)) + (model_index - (len(models) - 1) / 2) * width
@@ -372,7 +353,7 @@ def _per_category_bars(category_rows: Sequence[dict[str, Any]], path: Path) -> P
                     found = [
                         r[metric]
                         for r in data_rows
-                        if r["model"] == model and r["category"] == category and not _is_missing(r[metric])
+                        if r["model"] == model and r["category"] == category and not is_missing(r[metric])
                     ]
                     values.append(statistics.mean(found) if found else math.nan)
                 positions = np.arange(len(categories)) + (model_index - (len(models) - 1) / 2) * width
@@ -390,8 +371,8 @@ _RUNTIME_MARKERS = {"torch": "o", "openvino_fp32": "s", "openvino_fp16": "^", "o
 
 
 def _latency_vs_accuracy(rows: Sequence[dict[str, Any]], runtimes: Sequence[str], path: Path) -> Path | None:
-    measured = [row for row in rows if any(not _is_missing(row[f"{rt}_latency_ms"]) for rt in runtimes)]
-    full = [row for row in measured if row["mode"] == "full" and not _is_missing(row["image_AUROC"])]
+    measured = [row for row in rows if any(not is_missing(row[f"{rt}_latency_ms"]) for rt in runtimes)]
+    full = [row for row in measured if row["mode"] == "full" and not is_missing(row["image_AUROC"])]
     if not full:
         return None
     models = list(dict.fromkeys(row["model"] for row in measured))
@@ -407,7 +388,7 @@ def _latency_vs_accuracy(rows: Sequence[dict[str, Any]], runtimes: Sequence[str]
             accuracy = statistics.mean(row["image_AUROC"] for row in group)
             for runtime in runtimes:
                 latencies = [
-                    row[f"{runtime}_latency_ms"] for row in group if not _is_missing(row[f"{runtime}_latency_ms"])
+                    row[f"{runtime}_latency_ms"] for row in group if not is_missing(row[f"{runtime}_latency_ms"])
                 ]
                 if latencies:
                     axis.scatter(
@@ -422,7 +403,7 @@ def _latency_vs_accuracy(rows: Sequence[dict[str, Any]], runtimes: Sequence[str]
         # Speed-only rows have no accuracy: a dotted line marks where their latency would sit.
         for row in (r for r in measured if r["mode"] != "full" and r["data"] == data):
             latency = next(
-                (row[f"{rt}_latency_ms"] for rt in runtimes if not _is_missing(row[f"{rt}_latency_ms"])), None
+                (row[f"{rt}_latency_ms"] for rt in runtimes if not is_missing(row[f"{rt}_latency_ms"])), None
             )
             if latency is not None:
                 axis.axvline(latency, color=colors[row["model"]], linestyle=":", linewidth=1.2)
@@ -454,7 +435,7 @@ def _latency_vs_accuracy(rows: Sequence[dict[str, Any]], runtimes: Sequence[str]
 
 
 def _latency_bars(rows: Sequence[dict[str, Any]], runtimes: Sequence[str], batch_size: int, path: Path) -> Path | None:
-    measured = [row for row in rows if any(not _is_missing(row[f"{rt}_latency_ms"]) for rt in runtimes)]
+    measured = [row for row in rows if any(not is_missing(row[f"{rt}_latency_ms"]) for rt in runtimes)]
     if not measured:
         return None
     by_model = _grouped(measured, "model")
@@ -469,7 +450,7 @@ def _latency_bars(rows: Sequence[dict[str, Any]], runtimes: Sequence[str], batch
         for runtime_index, runtime in enumerate(runtimes):
             values = []
             for group in by_model.values():
-                found = [row[f"{runtime}_{measure}"] for row in group if not _is_missing(row[f"{runtime}_{measure}"])]
+                found = [row[f"{runtime}_{measure}"] for row in group if not is_missing(row[f"{runtime}_{measure}"])]
                 values.append(statistics.mean(found) if found else math.nan)
             positions = np.arange(len(by_model)) + (runtime_index - (len(runtimes) - 1) / 2) * height
             bars = axis.barh(positions, values, height, label=RUNTIME_LABELS[runtime])

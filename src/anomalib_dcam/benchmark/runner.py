@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import BenchmarkConfig, JobSpec
-from .worker import PHASE_MARKER, error_file, output_file, settings_fingerprint
+from .worker import PHASE_MARKER, error_file, output_file, read_json, settings_fingerprint
 
 __all__ = ["JobOutcome", "PlannedJob", "existing_outcome", "plan_jobs", "run_benchmark"]
 
@@ -198,20 +198,13 @@ def _run_worker(arguments: Sequence[str], job_dir: Path, environment: dict[str, 
     return return_code
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _phases(config: BenchmarkConfig) -> list[tuple[str, str | None]]:
     return [("train", None), ("export", None)] + [("latency", runtime) for runtime in config.inference.runtimes]
 
 
 def phase_done(job_dir: Path, phase: str, runtime: str | None, config: BenchmarkConfig) -> bool:
     """Whether a phase's result is already in the job folder and still valid for the configuration."""
-    result = _read_json(job_dir / output_file(phase, runtime))
+    result = read_json(job_dir / output_file(phase, runtime))
     if result is None:
         return False
     if phase == "export":
@@ -282,7 +275,7 @@ def run_job(
         phase, runtime = group[0]
         if phase == "train":
             _clear_after_training(job_dir)
-        export = _read_json(job_dir / output_file("export"))
+        export = read_json(job_dir / output_file("export"))
         if phase == "latency" and (export is None or (runtime != "torch" and runtime not in export["runtimes"])):
             continue  # nothing exported for this runtime; the export failure is reported
         progress.phase(" + ".join(step if runtime is None else f"{step} {runtime}" for step, runtime in group))
@@ -290,7 +283,7 @@ def run_job(
         if _run_worker(arguments, job_dir, environment, progress) == 0:
             continue
         for step, step_runtime in group:
-            error = _read_json(job_dir / error_file(step, step_runtime))
+            error = read_json(job_dir / error_file(step, step_runtime))
             if error is not None:
                 label = step if step_runtime is None else f"{step} {step_runtime}"
                 failures.append(f"{label}: {error.get('error')}")
@@ -298,7 +291,7 @@ def run_job(
             failures.append(f"{phase}: the worker process ended abnormally (killed?), see log.txt")
         if phase == "train":
             break  # nothing to export or time
-    export = _read_json(job_dir / output_file("export")) or {}
+    export = read_json(job_dir / output_file("export")) or {}
     failures += [f"export {runtime}: {error}" for runtime, error in export.get("errors", {}).items()]
     if failures:
         message = "; ".join(failures)
@@ -326,10 +319,10 @@ def existing_outcome(planned: PlannedJob, config: BenchmarkConfig, reason: str =
         return JobOutcome(planned, "done", "", job_dir, reused=True)
     errors = [
         f"{error.get('phase')}{' ' + error['runtime'] if error.get('runtime') else ''}: {error.get('error')}"
-        for error in (_read_json(path) for path in sorted(job_dir.glob("*.error.json")))
+        for error in (read_json(path) for path in sorted(job_dir.glob("*.error.json")))
         if error
     ]
-    export = _read_json(job_dir / output_file("export")) or {}
+    export = read_json(job_dir / output_file("export")) or {}
     errors += [f"export {runtime}: {error}" for runtime, error in export.get("errors", {}).items()]
     if errors:
         return JobOutcome(planned, "failed", "; ".join(errors), job_dir)

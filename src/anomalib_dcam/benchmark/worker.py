@@ -19,6 +19,7 @@ Lines starting with ``@@phase`` on standard output report progress to the parent
 
 import json
 import os
+import platform
 import resource
 import sys
 import time
@@ -37,6 +38,25 @@ EXAMPLES_FILE = "examples.npz"
 def report_phase(phase: str, detail: str = "") -> None:
     """Tell the parent process which phase is running."""
     print(f"{PHASE_MARKER} {phase} {detail}".rstrip(), flush=True)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; ``None`` when the file is missing or not valid JSON (a phase not finished)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def peak_rss_mb() -> float:

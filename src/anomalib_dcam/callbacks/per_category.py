@@ -432,8 +432,9 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(rows[0]) if rows else ["category", "images", "anomalous_images", "masks", *METRIC_NAMES]
 
 
-def _is_missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+def is_missing(value: object) -> bool:
+    """Whether a report value is undefined: ``None``, NaN, or the empty cell a CSV file gives for one."""
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -442,14 +443,14 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(file, fieldnames=_columns(rows))
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: "" if _is_missing(value) else value for key, value in row.items()})
+            writer.writerow({key: "" if is_missing(value) else value for key, value in row.items()})
 
 
 def write_json(rows: Sequence[Mapping[str, Any]], path: Path, fpr_limit: float) -> None:
     """Write the report as JSON: ``per_category``, ``mean`` and ``global`` sections; undefined values are null."""
 
     def clean(row: Mapping[str, Any]) -> dict[str, Any]:
-        return {key: None if _is_missing(value) else value for key, value in row.items() if key != "category"}
+        return {key: None if is_missing(value) else value for key, value in row.items() if key != "category"}
 
     report = {
         "per_category": {row["category"]: clean(row) for row in rows[:-2]},
@@ -473,7 +474,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     columns = _columns(rows)
 
     def cell(value: object) -> str:
-        if _is_missing(value):
+        if is_missing(value):
             return "-"
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
