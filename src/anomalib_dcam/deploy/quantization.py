@@ -54,6 +54,7 @@ from torchmetrics import Metric
 from .calibration import CalibrationDataModule
 from .categories import model_category_names, set_category_names, write_category_names
 from .category_output import CategoryExportMixin, exporting_category, hide_category_output
+from .inference import static_input_size
 
 if TYPE_CHECKING:
     import nncf
@@ -137,14 +138,6 @@ def resolve_acq_metric(metric: Metric | str | None) -> Metric:
     if metric_class is AUPRO:
         return AUPRO(fields=list(fields), fpr_limit=0.3)
     return metric_class(fields=list(fields))
-
-
-def ir_input_size(model: "ov.Model") -> tuple[int, int] | None:
-    """The ``(height, width)`` of an OpenVINO model's image input when both are static, else ``None``."""
-    shape = model.input(0).partial_shape
-    if shape.rank.is_dynamic or shape.rank.get_length() != 4 or not (shape[2].is_static and shape[3].is_static):
-        return None
-    return shape[2].get_length(), shape[3].get_length()
 
 
 def pre_processor_stats(
@@ -252,7 +245,7 @@ def _prepare_datamodule(
             "anomalib_dcam.deploy.NormalsCalibration wrapping the training datamodule."
         )
         raise ValueError(msg)
-    input_size = ir_input_size(model)
+    input_size = static_input_size(model)
     if isinstance(datamodule, CalibrationDataModule):
         size, mean, std = pre_processor_stats(pre_processor)
         datamodule.configure_for_export(image_size=input_size or size, mean=mean, std=std)
