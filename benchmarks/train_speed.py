@@ -138,7 +138,6 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from anomalib.engine import Engine
     from lightning.pytorch import Callback, seed_everything
-    from torch.utils.data import Subset
 
     from anomalib_dcam import Dcam
     from anomalib_dcam.benchmark.records import load_matching, run_settings, write_record
@@ -226,10 +225,8 @@ def worker(args: argparse.Namespace) -> None:
         def setup(self, trainer, pl_module, stage) -> None:
             for name, count in (("train_data", args.images), ("val_data", args.val_images)):
                 data = getattr(datamodule, name)
-                subset = Subset(data, range(min(count, len(data))))
-                subset.collate_fn = data.collate_fn
-                subset.augmentations = data.augmentations
-                setattr(datamodule, name, subset)
+                # anomalib's subsample keeps the samples table, so every image keeps its category.
+                setattr(datamodule, name, data.subsample(list(range(min(count, len(data))))))
 
     profile = StepProfile(model) if model_name == "Dcam" else None
     timer = Timer()
