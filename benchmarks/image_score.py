@@ -196,9 +196,8 @@ def main() -> None:
                 )
                 continue
             saved = checkpoints[0].parent / "image_scores.json"  # predictions first, metrics from them
-            if saved.is_file() and set(READOUTS) <= set(json.loads(saved.read_text())):
-                scores = json.loads(saved.read_text())
-            else:
+            scores = json.loads(saved.read_text()) if saved.is_file() else {}
+            if not set(READOUTS) <= set(scores):  # not saved yet, or saved before a readout was added
                 print(f"[score] {run} seed {seed}: {checkpoints[0]}", flush=True)
                 scores = predict_scores(run, checkpoints[0], args.root, args.categories)
                 saved.write_text(json.dumps(scores))
