@@ -220,13 +220,18 @@ def worker(args: argparse.Namespace) -> None:
                 timm.create_model = create_model
 
     class FixedSubset(Callback):
-        """Train on the same first ``--images`` training images (shuffled) and validate on ``--val-images``."""
+        """Train on the same ``--images`` training images and validate on ``--val-images``, drawn from every category.
+
+        The images are a seeded random choice: the samples are sorted by category, so the first ones would all be of
+        one category, and a unified model needs training images of each.
+        """
 
         def setup(self, trainer, pl_module, stage) -> None:
             for name, count in (("train_data", args.images), ("val_data", args.val_images)):
                 data = getattr(datamodule, name)
+                chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:count].sort().values
                 # anomalib's subsample keeps the samples table, so every image keeps its category.
-                setattr(datamodule, name, data.subsample(list(range(min(count, len(data))))))
+                setattr(datamodule, name, data.subsample(chosen.tolist()))
 
     profile = StepProfile(model) if model_name == "Dcam" else None
     timer = Timer()
