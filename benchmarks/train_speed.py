@@ -252,6 +252,7 @@ def worker(args: argparse.Namespace) -> None:
         setting=args.setting,
         images=args.images,
         val_images=args.val_images,
+        image_choice="seeded random choice over all categories (torch.randperm, seed 0)",
         torch_threads=torch.get_num_threads(),
     )
     if load_matching(args.result, settings) is not None:
