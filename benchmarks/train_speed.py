@@ -140,56 +140,26 @@ def worker(args: argparse.Namespace) -> None:
     from lightning.pytorch import Callback, seed_everything
 
     from anomalib_dcam import Dcam
+    from anomalib_dcam.benchmark.callbacks import TrainingMonitor
     from anomalib_dcam.benchmark.records import load_matching, run_settings, write_record
-    from anomalib_dcam.benchmark.worker import peak_rss_mb
+    from anomalib_dcam.benchmark.timing import peak_rss_mb
     from anomalib_dcam.data import MultiClassMVTec
 
     model_name, options, precision, num_workers = SETTINGS[args.setting]
     pre_trained = args.backbone == "tf_efficientnet_lite0"
 
-    class Timer(Callback):
-        def __init__(self) -> None:
-            self.epochs: list[dict] = []
-            self.startup_s: float | None = None
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self._epoch_start = self._batch_end = time.perf_counter()
-            self._wait = 0.0
-            self._images = 0
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            now = time.perf_counter()
-            if self.startup_s is None:
-                self.startup_s = now - PROCESS_START
-            self._wait += now - self._batch_end
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            self._batch_end = time.perf_counter()
-            self._images += batch.image.shape[0]
+    class ProfiledMonitor(TrainingMonitor):
+        """The package's training timing, with the step profile of each epoch's training loop."""
 
         def on_validation_epoch_start(self, trainer, pl_module) -> None:
-            self._train_s = self._batch_end - self._epoch_start
-            self._parts = profile.take() if profile is not None else None
-            self._val_images = 0
-            self._val_start = time.perf_counter()
-
-        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-            self._val_images += batch.image.shape[0]
+            super().on_validation_epoch_start(trainer, pl_module)
+            if self.epochs and not trainer.sanity_checking:
+                self.epochs[-1]["step_parts_s"] = profile.take() if profile is not None else None
 
         def on_validation_epoch_end(self, trainer, pl_module) -> None:
-            val_s = time.perf_counter() - self._val_start
+            super().on_validation_epoch_end(trainer, pl_module)
             if profile is not None:
                 profile.take()  # validation's forward passes are not part of a training step
-            self.epochs.append(
-                {
-                    "train_s": self._train_s,
-                    "images": self._images,
-                    "data_wait_s": self._wait,
-                    "step_parts_s": self._parts,
-                    "val_s": val_s,
-                    "val_images": self._val_images,
-                },
-            )
 
     seed_everything(0, workers=True)
     datamodule = MultiClassMVTec(
@@ -234,7 +204,7 @@ def worker(args: argparse.Namespace) -> None:
                 setattr(datamodule, name, data.subsample(chosen.tolist()))
 
     profile = StepProfile(model) if model_name == "Dcam" else None
-    timer = Timer()
+    timer = ProfiledMonitor()
     trainer = {"max_epochs": args.epochs, "accelerator": "cpu", "devices": 1, "precision": precision}
     engine = Engine(
         **trainer,
@@ -269,7 +239,7 @@ def worker(args: argparse.Namespace) -> None:
         "options": options,
         "precision": precision,
         "num_workers": num_workers,
-        "startup_s": round(timer.startup_s, 2),
+        "startup_s": round(timer.first_batch_at - PROCESS_START, 2),
         # Share of the steady-state training loop per part; "other" is backward, optimiser and Lightning.
         "step_split": _step_split(parts, steady) if parts else None,
         "first_epoch_img_s": epochs[0]["images"] / epochs[0]["train_s"],

