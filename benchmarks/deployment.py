@@ -8,23 +8,22 @@ For one trained Dcam checkpoint and the test images of the given categories, the
 1. exports the OpenVINO IRs (one conversion, then FP32, FP16, INT8 weights-only, INT8_PTQ with each calibration
    source, INT8_ACQ), and takes QAT IRs if given (``--qat-ir student=<xml> all=<xml>``, from
    ``anomalib-dcam qat``);
-2. scores every test image with each precision, each in a fresh subprocess, so that peak memory (the process's RSS
-   high-water mark) is measured fairly; predictions are written to disk first;
-3. measures batch-1 latency (synchronous inference) and throughput on the CPU: OpenVINO through an
-   ``AsyncInferQueue`` with its optimal number of requests, compiled with the stated ``INFERENCE_PRECISION_HINT``
-   (default ``f32``); eager PyTorch in batches of ``--torch-batch-size`` (default 32);
+2. scores every test image with each precision, each in a fresh subprocess, so that peak memory is measured fairly;
+   predictions are written to disk first;
+3. times it with :mod:`anomalib_dcam.benchmark.timing`, the timing of ``anomalib-dcam benchmark``: batch-1 latency of
+   synchronous calls (OpenVINO: ``PERFORMANCE_HINT=LATENCY``, one stream) cycling over 16 test images, and
+   throughput, OpenVINO through an ``AsyncInferQueue`` with its optimal number of requests (``THROUGHPUT`` hint),
+   eager PyTorch in synchronous batches of ``--torch-batch-size``; every OpenVINO compile uses the stated
+   ``INFERENCE_PRECISION_HINT`` (default ``f32``) and ``--num-threads`` (default: the CPUs available);
 4. computes image AUROC, pixel AUROC and AUPRO (anomalib's, FPR limit 0.3) per category, and the drop against eager
    FP32 PyTorch, from the saved predictions, and writes ``results.csv`` and ``results.md``.
 
 Finished steps are skipped when the script is run again with the same ``--output``: delete a precision's folders
-under ``ir/`` and ``runs/`` to redo it.
+under ``ir/`` and ``runs/`` to redo it. Calibration uses the training normals of the categories (INT8_ACQ validates
+on a synthetic-anomaly split of the training normals, so no test image is seen during quantization).
 
-Calibration uses the training normals of the categories (INT8_ACQ: its validation set is a synthetic-anomaly split
-of the training normals, so no test image is seen during quantization).
-
-``--speed-only`` replaces the checkpoint by Dcam's default configuration (ResNet18 teacher and student) with random
-weights: the same exports and timings, on the same images, with no quality columns (random weights say nothing about
-quality).
+``--speed-only`` replaces the checkpoint by a Dcam with random weights, built from today's defaults plus
+``--dcam-options`` (a JSON object of constructor arguments): the same exports and timings, with no quality columns.
 
 Example:
     python benchmarks/deployment.py --ckpt_path results/Dcam/MVTecAD/bottle/latest/weights/lightning/model.ckpt \
@@ -35,19 +34,18 @@ Example:
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from itertools import cycle, pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from anomalib_dcam.benchmark import timing
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     import numpy as np
-    import openvino as ov
 
     from anomalib_dcam import Dcam
 
@@ -65,47 +63,7 @@ EXPORTS: dict[str, tuple[str, str | None]] = {
 QAT = "ov_int8_qat"  # prefix: ``ov_int8_qat_<label>`` for ``--qat-ir <label>=<xml>``
 ALL_PRECISIONS = [EAGER, *EXPORTS]
 METRICS = ("image_AUROC", "pixel_AUROC", "AUPRO")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Shared helpers
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _proc_status_mb(field: str) -> float | None:
-    """A memory field of ``/proc/self/status`` in MiB (Linux), else ``None``."""
-    status = Path("/proc/self/status")
-    if not status.is_file():
-        return None
-    for line in status.read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return None
-
-
-def current_rss_mb() -> float:
-    """Current resident set size in MiB."""
-    return _proc_status_mb("VmRSS") or peak_rss_mb()
-
-
-def peak_rss_mb() -> float:
-    """High-water mark of this process's resident set size in MiB (since the last :func:`reset_peak_rss`)."""
-    from anomalib_dcam.benchmark.worker import peak_rss_mb as package_peak_rss_mb  # imported after the HF settings
-
-    return package_peak_rss_mb()
-
-
-def reset_peak_rss() -> bool:
-    """Reset the RSS high-water mark to the current RSS (Linux ``clear_refs``); ``False`` where that is impossible.
-
-    Importing PyTorch, anomalib and OpenVINO peaks higher than many models need; without the reset that transient
-    peak would be reported for every precision alike.
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
+TIMING_IMAGES = 16  # the latency loop cycles over this many test images
 
 
 def write_json(path: Path, data: object) -> None:
@@ -119,10 +77,7 @@ def write_json(path: Path, data: object) -> None:
 def ir_path(output: Path, name: str, qat_irs: dict[str, Path] | None = None) -> Path:
     """Where the IR of a precision lives (QAT IRs: where ``--qat-ir`` points)."""
     if name.startswith(QAT):
-        if not qat_irs or name not in qat_irs:
-            msg = f"precision {name} needs --qat-ir {name.removeprefix(QAT + '_') or 'LABEL'}=<model.xml>"
-            raise ValueError(msg)
-        return qat_irs[name]
+        return (qat_irs or {})[name]
     return output / "ir" / name / "weights" / "openvino" / "model.xml"
 
 
@@ -130,35 +85,30 @@ def parse_qat_irs(values: list[str]) -> dict[str, Path]:
     """``["student=a.xml", "all=b.xml"]`` -> ``{"ov_int8_qat_student": a.xml, ...}``; a bare path: ``ov_int8_qat``."""
     irs = {}
     for value in values:
-        label, separator, path = value.rpartition("=")
-        if not separator:
-            label = "qat"
-        name = f"{QAT}_{label}" if label != "qat" else QAT
+        label, _, path = value.rpartition("=")
         if not Path(path).is_file():
             msg = f"--qat-ir {value!r}: {path!r} is not a file; pass LABEL=<model.xml> from `anomalib-dcam qat`."
             raise FileNotFoundError(msg)
-        irs[name] = Path(path)
+        irs[f"{QAT}_{label}" if label not in {"", "qat"} else QAT] = Path(path)
     return irs
 
 
 def load_model(args: argparse.Namespace) -> "Dcam":
-    """The checkpoint's Dcam, or with ``--speed-only`` Dcam's default configuration with seeded random weights."""
+    """The checkpoint's Dcam, or with ``--speed-only`` a Dcam of ``--dcam-options`` with seeded random weights."""
     import torch
 
     from anomalib_dcam import Dcam
 
-    if args.speed_only:
-        torch.manual_seed(0)  # every stage subprocess builds the same random network
-        model = Dcam().eval()  # teacher weights are only loaded when fitting: these stay random
-        # An untrained post-processor holds NaN statistics, which OpenVINO rejects (a Clamp with NaN bounds); any
-        # finite values give the same graph, hence the same timings, as a trained model's.
-        post_processor = model.post_processor
-        for name, value in {"image_min": 0.0, "image_max": 1.0, "pixel_min": 0.0, "pixel_max": 1.0}.items():
-            getattr(post_processor, name).fill_(value)
-        post_processor._image_threshold.fill_(0.5)  # no public setter in anomalib 2.7
-        post_processor._pixel_threshold.fill_(0.5)
-        return model
-    return Dcam.load_from_checkpoint(args.ckpt_path, map_location="cpu").eval()
+    if not args.speed_only:
+        return Dcam.load_from_checkpoint(args.ckpt_path, map_location="cpu").eval()
+    torch.manual_seed(0)  # every stage subprocess builds the same random network
+    model = Dcam(**args.dcam_options).eval()  # teacher weights are only loaded when fitting: these stay random
+    # An untrained post-processor holds NaN statistics, which OpenVINO rejects (a Clamp with NaN bounds); any finite
+    # values give the same graph, hence the same timings, as a trained model's.
+    post_processor = model.post_processor
+    for name in ("image_min", "pixel_min", "image_max", "pixel_max", "_image_threshold", "_pixel_threshold"):
+        getattr(post_processor, name).fill_(1.0 if name.endswith("max") else 0.0 if name.endswith("min") else 0.5)
+    return model
 
 
 def prepare_test_data(args: argparse.Namespace) -> None:
@@ -194,13 +144,8 @@ def prepare_test_data(args: argparse.Namespace) -> None:
     images_path.with_suffix(".tmp.npy").replace(images_path)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Stage 1: export (one subprocess; one ONNX conversion for every precision)
-# ---------------------------------------------------------------------------------------------------------------
-
-
 def stage_export(args: argparse.Namespace) -> None:
-    """Export every requested IR that does not exist yet."""
+    """Export every requested IR that does not exist yet (one subprocess, one ONNX conversion for all)."""
     import torch
 
     from anomalib_dcam.data import MultiClassMVTec
@@ -212,8 +157,8 @@ def stage_export(args: argparse.Namespace) -> None:
     )
 
     prepare_test_data(args)
-    torch.set_num_threads(args.num_threads or torch.get_num_threads())
-    missing = [name for name in args.precisions if name in EXPORTS and not ir_path(args.output, name, None).is_file()]
+    torch.set_num_threads(args.num_threads or timing.available_cpus())
+    missing = [name for name in args.precisions if name in EXPORTS and not ir_path(args.output, name).is_file()]
     if not missing:
         return
     model = load_model(args)
@@ -226,9 +171,9 @@ def stage_export(args: argparse.Namespace) -> None:
         if source is not None:
             # INT8_ACQ validates on synthetic anomalies of held-out training normals: the test set stays unseen. The
             # other sources calibrate on the same training images without generating a validation set they never use.
-            split = {"val_split_mode": "synthetic" if compression == "INT8_ACQ" else "from_train"}
+            split = "synthetic" if compression == "INT8_ACQ" else "from_train"
             data = MultiClassMVTec(
-                root=args.root, categories=args.categories, num_workers=0, eval_batch_size=8, **split
+                root=args.root, categories=args.categories, num_workers=0, eval_batch_size=8, val_split_mode=split
             )
             datamodule = build_calibration_datamodule(source, data, num_images=args.num_calibration_images)
         print(f"[export] {name}", flush=True)
@@ -242,6 +187,7 @@ def stage_export(args: argparse.Namespace) -> None:
             pre_processor=model.pre_processor,
         )
         xml = save_openvino(compressed, args.output / "ir" / name, compression_type=compression)
+        acq = compression == "INT8_ACQ"
         write_json(
             xml.parent / "export.json",
             {
@@ -249,107 +195,23 @@ def stage_export(args: argparse.Namespace) -> None:
                 "compression_type": compression,
                 "calibration_source": source,
                 "num_calibration_images": args.num_calibration_images if source else None,
-                "acq_metric": args.acq_metric if compression == "INT8_ACQ" else None,
-                "acq_max_drop": args.acq_max_drop if compression == "INT8_ACQ" else None,
+                "acq_metric": args.acq_metric if acq else None,
+                "acq_max_drop": args.acq_max_drop if acq else None,
                 "onnx_conversion_seconds": round(conversion_seconds, 1),
                 "compression_seconds": round(time.perf_counter() - start, 1),
             },
         )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Stage 2: measure (one fresh subprocess per precision)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _latency_stats(seconds: list[float]) -> dict[str, float]:
+def _predictions(outputs: list[dict[str, Any]]) -> dict[str, "np.ndarray"]:
+    """Stack the per-image ``pred_score``, ``pred_label`` and ``anomaly_map`` of the scored test images."""
     import numpy as np
 
-    milliseconds = np.array(seconds) * 1000.0
+    maps = [np.asarray(out["anomaly_map"], np.float32) for out in outputs]
     return {
-        "latency_ms_median": float(np.median(milliseconds)),
-        "latency_ms_p90": float(np.percentile(milliseconds, 90)),
-        "latency_ms_mean": float(milliseconds.mean()),
-    }
-
-
-def _time_calls(function: "Callable[[int], object]", warmup: int, iterations: int) -> list[float]:
-    for index in range(warmup):
-        function(index)
-    seconds = []
-    for index in range(iterations):
-        start = time.perf_counter()
-        function(index)
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
-def _stack_predictions(scores: list[float], labels: list[bool], maps: list["np.ndarray"]) -> dict[str, "np.ndarray"]:
-    import numpy as np
-
-    return {
-        "pred_score": np.array(scores, dtype=np.float32),
-        "pred_label": np.array(labels, dtype=bool),
-        "anomaly_map": np.stack(maps) if maps else np.zeros((0, 1, 1), dtype=np.float32),
-    }
-
-
-def _openvino_scoring_and_latency(
-    args: argparse.Namespace,
-    core: "ov.Core",
-    xml: Path,
-    images: "np.ndarray",
-) -> tuple[dict, dict]:
-    """Score every test image and time batch-1 synchronous inference (``PERFORMANCE_HINT=LATENCY``)."""
-    import numpy as np
-
-    from anomalib_dcam.deploy.inference import openvino_config
-
-    compiled = core.compile_model(str(xml), "CPU", openvino_config(args.precision_hint, "LATENCY", args.num_threads))
-    request = compiled.create_infer_request()
-    scores, labels, maps = [], [], []
-    for image in [] if args.speed_only else images:
-        outputs = {port.get_any_name(): value for port, value in request.infer({0: image[None]}).items()}
-        scores.append(float(np.asarray(outputs["pred_score"]).ravel()[0]))
-        labels.append(bool(np.asarray(outputs.get("pred_label", [False])).ravel()[0]))
-        anomaly_map = np.asarray(outputs["anomaly_map"])
-        maps.append(anomaly_map.reshape(anomaly_map.shape[-2:]).astype(np.float32))
-    predictions = _stack_predictions(scores, labels, maps)
-    timing_images = [np.ascontiguousarray(images[index][None]) for index in range(min(len(images), 16))]
-    seconds = _time_calls(
-        lambda index: request.infer({0: timing_images[index % len(timing_images)]}),
-        args.warmup,
-        args.latency_iterations,
-    )
-    return predictions, {**_latency_stats(seconds), "peak_rss_mb": peak_rss_mb()}
-
-
-def _openvino_throughput(args: argparse.Namespace, core: "ov.Core", xml: Path, images: "np.ndarray") -> dict:
-    """Images per second through an ``AsyncInferQueue`` (``PERFORMANCE_HINT=THROUGHPUT``)."""
-    import numpy as np
-    import openvino as ov
-
-    from anomalib_dcam.deploy.inference import openvino_config
-
-    compiled = core.compile_model(
-        str(xml),
-        "CPU",
-        openvino_config(args.precision_hint, "THROUGHPUT", args.num_threads),
-    )
-    num_requests = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-    queue = ov.AsyncInferQueue(compiled, num_requests)
-    timing_images = [np.ascontiguousarray(images[index][None]) for index in range(min(len(images), 16))]
-    for index in range(num_requests):  # warm-up: one inference per request
-        queue.start_async({0: timing_images[index % len(timing_images)]})
-    queue.wait_all()
-    start = time.perf_counter()
-    for index in range(args.throughput_images):
-        queue.start_async({0: timing_images[index % len(timing_images)]})
-    queue.wait_all()
-    return {
-        "throughput_images_per_s": args.throughput_images / (time.perf_counter() - start),
-        "throughput_requests": int(num_requests),
-        "peak_rss_throughput_mb": peak_rss_mb(),
+        "pred_score": np.array([float(np.ravel(out["pred_score"])[0]) for out in outputs], dtype=np.float32),
+        "pred_label": np.array([bool(np.ravel(out.get("pred_label", [False]))[0]) for out in outputs], dtype=bool),
+        "anomaly_map": np.stack([m.reshape(m.shape[-2:]) for m in maps]) if maps else np.zeros((0, 1, 1), np.float32),
     }
 
 
@@ -357,71 +219,72 @@ def _measure_openvino(args: argparse.Namespace, name: str, images: "np.ndarray")
     """Score, time and measure one IR; this process imports NumPy and OpenVINO only."""
     import gc
 
-    import openvino as ov
+    import numpy as np
 
     xml = ir_path(args.output, name, args.qat_irs)
-    core = ov.Core()
-    baseline = current_rss_mb()
-    reset = reset_peak_rss()
-    predictions, measurement = _openvino_scoring_and_latency(args, core, xml, images)
+    baseline = timing.current_rss_mb()
+    reset = timing.reset_peak_rss()
+    request = timing.compile_request(xml, (1, *images.shape[1:]), args.precision_hint, args.num_threads)
+    outputs = []
+    for image in [] if args.speed_only else images:
+        # np.array copies: the request may reuse its output buffers for the next image.
+        outputs.append(
+            {port.get_any_name(): np.array(value) for port, value in request.infer({0: image[None]}).items()}
+        )
+    timing_images = cycle(np.ascontiguousarray(image[None]) for image in images[:TIMING_IMAGES])
+    seconds = timing.time_calls(lambda: request.infer({0: next(timing_images)}), args.warmup, args.latency_iterations)
+    measurement = {**timing.latency_stats(seconds), "peak_rss_mb": timing.peak_rss_mb()}
+    request = None
     gc.collect()  # the latency-compiled model is gone: measure the throughput configuration on its own
-    reset_peak_rss()
-    measurement |= _openvino_throughput(args, core, xml, images)
+    timing.reset_peak_rss()
+    image = np.ascontiguousarray(images[:1])
+    measurement |= timing.openvino_async_throughput(
+        xml, image, args.precision_hint, args.num_threads, args.throughput_images
+    )
     measurement |= {
+        "peak_rss_throughput_mb": timing.peak_rss_mb(),
         "rss_baseline_mb": baseline,
         "peak_rss_reset": reset,
         "ir_size_mb": (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2**20,
     }
-    return predictions, measurement
+    return _predictions(outputs), measurement
 
 
 def _measure_torch(args: argparse.Namespace, images: "np.ndarray") -> tuple[dict, dict]:
     """Score, time and measure the checkpoint in eager PyTorch (the reference)."""
+    import numpy as np
     import torch
 
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    baseline = current_rss_mb()
-    reset = reset_peak_rss()
+    torch.set_num_threads(args.num_threads)
+    baseline = timing.current_rss_mb()
+    reset = timing.reset_peak_rss()
     model = load_model(args)
-    scores, labels, maps = [], [], []
     with torch.inference_mode():
-        for image in [] if args.speed_only else images:
-            output = model(torch.from_numpy(image[None]))
-            scores.append(float(output.pred_score.reshape(-1)[0]))
-            labels.append(bool(output.pred_label.reshape(-1)[0]) if output.pred_label is not None else False)
-            maps.append(output.anomaly_map.reshape(output.anomaly_map.shape[-2:]).float().numpy())
-        predictions = _stack_predictions(scores, labels, maps)
-        timing_images = [torch.from_numpy(images[index][None].copy()) for index in range(min(len(images), 16))]
-        seconds = _time_calls(
-            lambda index: model(timing_images[index % len(timing_images)]),
-            args.warmup,
-            args.latency_iterations,
-        )
-        peak_latency = peak_rss_mb()
-        # Throughput: whole batches, as a PyTorch deployment would run them; the peak memory of batch-32 inference
-        # is reported apart from the batch-1 peak.
-        reset_peak_rss()
-        batch = torch.from_numpy(images[: args.torch_batch_size].copy())
-        batch = torch.cat([batch] * -(-args.torch_batch_size // len(batch)))[: args.torch_batch_size]
-        model(batch)  # warm-up
-        num_batches = max(1, round(args.throughput_images / args.torch_batch_size))
-        start = time.perf_counter()
-        for _ in range(num_batches):
-            model(batch)
-        throughput = num_batches * args.torch_batch_size / (time.perf_counter() - start)
-    measurement = {
-        **_latency_stats(seconds),
-        "rss_baseline_mb": baseline,
-        "peak_rss_mb": peak_latency,
-        "peak_rss_reset": reset,
-        "throughput_images_per_s": throughput,
+        scored = [model(torch.from_numpy(image[None])) for image in ([] if args.speed_only else images)]
+        outputs = [
+            {"pred_score": out.pred_score.numpy(), "anomaly_map": out.anomaly_map.float().numpy()}
+            | ({} if out.pred_label is None else {"pred_label": out.pred_label.numpy()})
+            for out in scored
+        ]
+        timing_images = cycle(torch.from_numpy(image[None].copy()) for image in images[:TIMING_IMAGES])
+        seconds = timing.time_calls(lambda: model(next(timing_images)), args.warmup, args.latency_iterations)
+    measurement = {**timing.latency_stats(seconds), "peak_rss_mb": timing.peak_rss_mb()}
+    # Throughput: whole batches, as a PyTorch deployment would run them; the peak memory of batch inference is
+    # reported apart from the batch-1 peak.
+    timing.reset_peak_rss()
+    batch = np.resize(images, (args.torch_batch_size, *images.shape[1:]))  # the test images, repeated if too few
+    batches = max(1, round(args.throughput_images / args.torch_batch_size))
+    durations = timing.time_calls(timing.torch_callable(model, batch, args.num_threads), 1, batches)
+    measurement |= {
+        "throughput_images_per_s": batches * args.torch_batch_size / sum(durations),
         "throughput_batch_size": args.torch_batch_size,
-        "peak_rss_throughput_mb": peak_rss_mb(),
+        "peak_rss_throughput_mb": timing.peak_rss_mb(),
+        "rss_baseline_mb": baseline,
+        "peak_rss_reset": reset,
         "ir_size_mb": None,
         "torch_threads": torch.get_num_threads(),
     }
-    return predictions, measurement
+    return _predictions(outputs), measurement
 
 
 def stage_measure(args: argparse.Namespace) -> None:
@@ -431,29 +294,22 @@ def stage_measure(args: argparse.Namespace) -> None:
     name = args.precision
     run_dir = args.output / "runs" / name
     images = np.load(args.output / "test_images.npy")
-    if name == EAGER:
-        predictions, measurement = _measure_torch(args, images)
-    else:
-        predictions, measurement = _measure_openvino(args, name, images)
+    measure = _measure_torch if name == EAGER else lambda *a: _measure_openvino(a[0], name, a[1])
+    predictions, measurement = measure(args, images)
     run_dir.mkdir(parents=True, exist_ok=True)
-    temporary = run_dir / "predictions.tmp.npz"
-    np.savez(temporary, **predictions)
-    temporary.replace(run_dir / "predictions.npz")
+    np.savez(run_dir / "predictions.tmp.npz", **predictions)
+    (run_dir / "predictions.tmp.npz").replace(run_dir / "predictions.npz")
     measurement |= {
         "precision": name,
         "precision_hint": "n/a (PyTorch FP32)" if name == EAGER else args.precision_hint,
         "num_threads": args.num_threads,
+        "api": "sync latency; " + ("sync batches" if name == EAGER else "async queue") + " throughput",
         "num_images": len(images),
         "latency_iterations": args.latency_iterations,
         "throughput_images": args.throughput_images,
         "speed_only": args.speed_only,
     }
     write_json(run_dir / "measure.json", measurement)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Stage 3: metrics and report (in the calling process, from the saved predictions)
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def compute_metrics(predictions: dict, ground_truth: dict, selection: "np.ndarray") -> dict[str, float]:
@@ -482,6 +338,10 @@ def compute_metrics(predictions: dict, ground_truth: dict, selection: "np.ndarra
     return {name: float(metric.compute()) for name, metric in metrics.items()}
 
 
+REPORTED = ("latency_ms", "latency_p90_ms", "throughput_images_per_s", "throughput_batch_size", "peak_rss_mb")
+REPORTED += ("rss_baseline_mb", "ir_size_mb", "precision_hint", "num_threads", "api")
+
+
 def report(args: argparse.Namespace, precisions: list[str]) -> list[dict]:
     """Metrics of every measured precision per category, with the drop against eager FP32 PyTorch."""
     import numpy as np
@@ -499,8 +359,7 @@ def report(args: argparse.Namespace, precisions: list[str]) -> list[dict]:
         elif not metrics_path.is_file():
             predictions = dict(np.load(run_dir / "predictions.npz"))
             write_json(
-                metrics_path,
-                {group: compute_metrics(predictions, ground_truth, mask) for group, mask in groups.items()},
+                metrics_path, {group: compute_metrics(predictions, ground_truth, g) for group, g in groups.items()}
             )
         metrics = json.loads(metrics_path.read_text())
         measurement = json.loads((run_dir / "measure.json").read_text())
@@ -511,25 +370,10 @@ def report(args: argparse.Namespace, precisions: list[str]) -> list[dict]:
                 reference[group] = metrics[group]
             row = {"precision": name, "category": group, **metrics[group]}
             for metric in METRICS:
-                base = reference.get(group, {}).get(metric)
-                value = metrics[group][metric]
+                base, value = reference.get(group, {}).get(metric), metrics[group][metric]
                 row[f"{metric}_drop"] = None if base is None or value is None else base - value
-            row |= {
-                key: measurement.get(key)
-                for key in (
-                    "latency_ms_median",
-                    "latency_ms_p90",
-                    "throughput_images_per_s",
-                    "throughput_batch_size",
-                    "peak_rss_mb",
-                    "rss_baseline_mb",
-                    "ir_size_mb",
-                    "precision_hint",
-                    "num_threads",
-                )
-            }
-            row["calibration_source"] = export.get("calibration_source")
-            row["speed_only"] = args.speed_only
+            row |= {key: measurement.get(key) for key in REPORTED}
+            row |= {"calibration_source": export.get("calibration_source"), "speed_only": args.speed_only}
             rows.append(row)
     return rows
 
@@ -537,9 +381,7 @@ def report(args: argparse.Namespace, precisions: list[str]) -> list[dict]:
 def _format(value: object, digits: int = 4) -> str:
     if value is None:
         return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def write_reports(args: argparse.Namespace, rows: list[dict]) -> None:
@@ -549,15 +391,13 @@ def write_reports(args: argparse.Namespace, rows: list[dict]) -> None:
     import openvino as ov
     import torch
 
-    from anomalib_dcam.benchmark.worker import cpu_name
-
     with (args.output / "results.csv").open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     model = (
-        "Dcam's default configuration (ResNet18), random weights: speed only, not pretrained, no quality columns"
+        f"Dcam({', '.join(f'{k}={v!r}' for k, v in args.dcam_options.items())}) with random weights: speed only"
         if args.speed_only
         else f"checkpoint `{args.ckpt_path}`"
     )
@@ -565,17 +405,17 @@ def write_reports(args: argparse.Namespace, rows: list[dict]) -> None:
         "# Dcam deployment benchmark",
         "",
         f"- {model}; test images: {', '.join(args.categories)}; input {args.input_size[0]} x {args.input_size[1]}",
-        f"- CPU: {cpu_name()} ({os.cpu_count()} logical cores); OpenVINO {ov.__version__}; PyTorch {torch.__version__}",
-        f"- OpenVINO CPU plugin with `INFERENCE_PRECISION_HINT={args.precision_hint}`; threads: "
-        f"{args.num_threads or 'default'}; latency: batch 1, synchronous, median (p90) of {args.latency_iterations} "
-        f"runs; throughput: {args.throughput_images} images, OpenVINO through AsyncInferQueue (batch 1 requests), "
-        f"eager PyTorch in batches of {args.torch_batch_size}",
+        f"- CPU: {timing.cpu_name()}; OpenVINO {ov.__version__}; PyTorch {torch.__version__}",
+        f"- OpenVINO CPU plugin with `INFERENCE_PRECISION_HINT={args.precision_hint}`, {args.num_threads} threads; "
+        f"latency: batch 1, synchronous (`PERFORMANCE_HINT=LATENCY`), median (p90) of {args.latency_iterations} "
+        f"runs; throughput: {args.throughput_images} images, OpenVINO asynchronous (`AsyncInferQueue`, batch-1 "
+        f"requests, `PERFORMANCE_HINT=THROUGHPUT`), eager PyTorch synchronous in batches of {args.torch_batch_size}",
         "- drop = eager FP32 PyTorch minus the precision (positive: worse); AUPRO with FPR limit 0.3",
         f"- INT8 calibration: {args.num_calibration_images} training normals (or generated images) per source; "
         "INT8_ACQ validates on synthetic anomalies of held-out training normals",
         "- peak RSS: high-water mark of the scoring process while it loads the model, scores the test set and runs "
         "the batch-1 latency loop (reset after imports and after loading the test images, whose RSS is the "
-        "baseline); OpenVINO processes import NumPy and OpenVINO only",
+        "baseline)",
         f"- {stamp}",
         "",
         "| precision | category | image AUROC (drop) | pixel AUROC (drop) | AUPRO (drop) | latency ms (p90) "
@@ -585,38 +425,21 @@ def write_reports(args: argparse.Namespace, rows: list[dict]) -> None:
     for row in rows:
         quality = " | ".join(f"{_format(row[metric])} ({_format(row[f'{metric}_drop'])})" for metric in METRICS)
         lines.append(
-            f"| {row['precision']} | {row['category']} | {quality} | {_format(row['latency_ms_median'], 1)} "
-            f"({_format(row['latency_ms_p90'], 1)}) | {_format(row['throughput_images_per_s'], 1)} "
+            f"| {row['precision']} | {row['category']} | {quality} | {_format(row['latency_ms'], 1)} "
+            f"({_format(row['latency_p90_ms'], 1)}) | {_format(row['throughput_images_per_s'], 1)} "
             f"| {_format(row['peak_rss_mb'], 0)} ({_format(row['rss_baseline_mb'], 0)}) "
             f"| {_format(row['ir_size_mb'], 1)} | {row['precision_hint']} |",
         )
     (args.output / "results.md").write_text("\n".join(lines) + "\n")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Orchestration
-# ---------------------------------------------------------------------------------------------------------------
-
-
 def _run_stage(arguments: list[str], stage: str, precision: str | None = None) -> None:
     command = [sys.executable, str(Path(__file__).resolve()), *arguments, "--stage", stage]
-    if precision is not None:
-        command += ["--precision", precision]
+    command += [] if precision is None else ["--precision", precision]
     completed = subprocess.run(command, check=False)  # this script again, with the caller's arguments
     if completed.returncode != 0:
         msg = f"stage {stage} {precision or ''} failed with exit code {completed.returncode}"
         raise RuntimeError(msg)
-
-
-def default_input_size(args: argparse.Namespace) -> list[int]:
-    """The export size: the model's pre-processor resize."""
-    from anomalib_dcam.deploy.quantization import pre_processor_stats
-
-    size, _, _ = pre_processor_stats(load_model(args).pre_processor)
-    if size is None:
-        msg = "The checkpoint's pre-processor has no Resize; pass --input-size HEIGHT WIDTH."
-        raise ValueError(msg)
-    return list(size)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -624,26 +447,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--ckpt_path", type=Path, help="trained Dcam checkpoint")
-    model.add_argument(
-        "--speed-only",
-        action="store_true",
-        help="time Dcam's default configuration (ResNet18) with random weights instead: no quality columns",
-    )
+    model.add_argument("--speed-only", action="store_true", help="time a Dcam with random weights: no quality columns")
+    parser.add_argument("--dcam-options", type=json.loads, default={}, help="with --speed-only: Dcam arguments (JSON)")
     parser.add_argument("--root", type=Path, required=True, help="MVTec-layout dataset root")
     parser.add_argument("--categories", nargs="+", required=True, help="categories under --root")
     parser.add_argument("--output", type=Path, default=Path("results/deployment"), help="output folder")
     parser.add_argument("--input-size", type=int, nargs=2, default=None, help="export size (default: checkpoint's)")
     parser.add_argument("--precisions", nargs="+", default=None, help=f"of {ALL_PRECISIONS} (default: all)")
-    parser.add_argument(
-        "--qat-ir",
-        nargs="+",
-        default=[],
-        metavar="LABEL=XML",
-        help="QAT INT8 IRs to include, measured as ov_int8_qat_<LABEL> (e.g. student=results/qat/student/weights/"
-        "openvino/model.xml)",
-    )
+    parser.add_argument("--qat-ir", nargs="+", default=[], metavar="LABEL=XML", help="QAT IRs, as ov_int8_qat_<LABEL>")
     parser.add_argument("--precision-hint", default="f32", choices=["f32", "bf16", "f16", "default"])
-    parser.add_argument("--num-threads", type=int, default=None, help="inference threads (default: all cores)")
+    parser.add_argument("--num-threads", type=int, default=None, help="inference threads (default: CPUs available)")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up inferences before timing")
     parser.add_argument("--latency-iterations", type=int, default=200, help="timed batch-1 inferences")
     parser.add_argument("--throughput-images", type=int, default=400, help="images timed for throughput")
@@ -659,52 +472,44 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         args.qat_irs = parse_qat_irs(args.qat_ir)
     except FileNotFoundError as error:
         parser.error(str(error))
-    if args.precisions is None:
-        args.precisions = list(ALL_PRECISIONS)
+    args.num_threads = args.num_threads or timing.available_cpus()
+    args.precisions = list(args.precisions or ALL_PRECISIONS)
     args.precisions += [name for name in args.qat_irs if name not in args.precisions]  # given, hence measured
     for name in args.precisions:
         if name not in ALL_PRECISIONS and name not in args.qat_irs:
-            parser.error(
-                f"--precisions {name}: not one of {ALL_PRECISIONS}, nor a QAT IR given with --qat-ir "
-                f"(those are measured as {QAT}_<LABEL>)",
-            )
+            parser.error(f"--precisions {name}: not one of {ALL_PRECISIONS}, nor a QAT IR given with --qat-ir")
     if args.speed_only and "ov_int8_acq" in args.precisions:
         parser.error("--speed-only cannot measure ov_int8_acq: accuracy control needs a trained model")
     if EAGER not in args.precisions:
         args.precisions.insert(0, EAGER)  # every drop is measured against it
-    passed_on = []
-    skip_next = False
-    for argument in argv:  # the stage subprocesses get the same options, minus any stage selection
-        if skip_next:
-            skip_next = False
-            continue
-        if argument in {"--stage", "--precision"}:
-            skip_next = True
-            continue
-        passed_on.append(argument)
+    # The stage subprocesses get the same options, minus any stage selection.
+    stage_flags = {"--stage", "--precision"}
+    passed_on = [
+        argument for previous, argument in pairwise(["", *argv]) if stage_flags.isdisjoint({previous, argument})
+    ]
     return args, passed_on
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark (or one of its stages, when called by itself)."""
+    import os
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args, passed_on = parse_args(argv)
-    if args.input_size is None:
-        args.input_size = default_input_size(args)
-        passed_on += ["--input-size", *map(str, args.input_size)]
-    if args.stage == "export":
-        stage_export(args)
-        return
-    if args.stage == "measure":
-        stage_measure(args)
-        return
+    if args.input_size is None:  # the export size: the model's pre-processor resize
+        from anomalib_dcam.deploy.quantization import pre_processor_stats
 
+        args.input_size = list(pre_processor_stats(load_model(args).pre_processor)[0] or [])
+        if not args.input_size:
+            sys.exit("The checkpoint's pre-processor has no Resize; pass --input-size HEIGHT WIDTH.")
+        passed_on += ["--input-size", *map(str, args.input_size)]
+    if args.stage is not None:
+        (stage_export if args.stage == "export" else stage_measure)(args)
+        return
     args.output.mkdir(parents=True, exist_ok=True)
     write_json(args.output / "settings.json", {key: str(value) for key, value in vars(args).items()})
     data_ready = (args.output / "test_images.npy").is_file() and (args.output / "ground_truth.npz").is_file()
-    if not data_ready or any(
-        name in EXPORTS and not ir_path(args.output, name, None).is_file() for name in args.precisions
-    ):
+    if not data_ready or any(name in EXPORTS and not ir_path(args.output, name).is_file() for name in args.precisions):
         _run_stage(passed_on, "export")
     for name in args.precisions:
         if (args.output / "runs" / name / "measure.json").is_file():
@@ -712,8 +517,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(f"[measure] {name}", flush=True)
         _run_stage(passed_on, "measure", name)
-    rows = report(args, args.precisions)
-    write_reports(args, rows)
+    write_reports(args, report(args, args.precisions))
     print((args.output / "results.md").read_text())
 
 

@@ -8,8 +8,9 @@ The IR comes from ``anomalib export --model Dcam --export_type openvino ...``, f
 anomalib's reader (RGB, grayscale repeated, values in [0, 1]), resized to the IR's input size when it is static
 (antialiased bilinear, as anomalib's data pipeline does), and scored with the plugin's inferencer
 (:func:`anomalib_dcam.deploy.openvino_inferencer`: anomalib's ``OpenVINOInferencer`` plus the recognised product) on
-the CPU at the requested precision hint (``f32`` by default: bit-for-bit the same model as PyTorch FP32; ``default``
-lets bf16-capable CPUs compute in bf16, which shifts scores).
+the CPU at the requested precision hint. ``f32`` (the default) computes the FP32 IR in float32: its scores equal the
+PyTorch FP32 model's up to rounding, not bit for bit (OpenVINO's kernels add in another order; tests/test_deployment.py
+checks scores and anomaly maps within 1e-4). ``default`` lets bf16-capable CPUs compute in bf16, which shifts scores.
 
 Writes:
     ``<output>/scores.csv``: ``image``, ``pred_score`` (in (0, 1), 0.5 at the product's threshold), ``pred_label``
