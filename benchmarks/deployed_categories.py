@@ -1,254 +1,197 @@
 # Copyright (C) 2026 The anomalib-dcam authors
 # SPDX-License-Identifier: Apache-2.0
 
-"""One deployed model for every product: recognition, per-category calibration and its cost, on the shared data.
+"""What one unified model decides when it is deployed with the default post-processing, product by product.
 
-Trains one unified Dcam (``tf_efficientnet_lite0`` offline weights, 256 px, the configs' training-speed settings,
-the default validation split: 20 % of each category's training normals held out, half of them turned into synthetic
-anomalies of that category; held-out-normal model selection), then measures on every test image:
+Takes a model trained by ``benchmarks/unified.py`` (its selected checkpoint under ``--results``, its record under
+``benchmarks/records/unified``) and scores every test image of its categories three ways: the PyTorch model with
+its default post-processor, its OpenVINO FP32 IR and its OpenVINO INT8 IR (post-training quantization on up to 300
+training normals, :class:`~anomalib_dcam.deploy.NormalsCalibration`, anomaly-map head in floating point). The IRs
+run through :func:`~anomalib_dcam.deploy.openvino_inferencer` (``f32`` precision hint, synchronous, one image at a
+time). Per product (the folder an image comes from), for each way:
 
-- category recognition accuracy (``pred_category`` against the image's folder), and how many are flagged unknown;
-- pooled ("global") image and pixel AUROC of the deployed, post-processed outputs, with per-category calibration and
-  with anomalib's single calibration (the same checkpoint, ``category_calibration=False``), against the mean of the
-  per-category image AUROCs of the raw scores (the oracle that knows each image's category);
-- per category, at the deployed threshold (``pred_label``): F1, false-positive rate on normals, recall on defects;
-- batch-1 latency of the OpenVINO IR with recognition against the same model's IR without it (``f32`` hint),
-  alternating, in one run;
-- the unknown-product flag: a model trained on one category (``recognize_single_category=True``) scores the other
-  category's test images, both ways (1 epoch each: the flag depends only on the frozen teacher).
+- ``false_alarm_rate``: the share of normal test images at or above the deployed threshold (``pred_label``), against
+  the post-processor's ``false_alarm_rate`` budget, which is met on held-out training normals;
+- ``recall``: the share of defective test images flagged, against ``best_recall_same_far``, the best recall that any
+  threshold on the raw PyTorch scores reaches while flagging no more normal test images (an oracle that sees the
+  test labels), and ``best_recall_budget``, the same at the budget itself;
+- ``auroc_raw`` (PyTorch, before post-processing) and ``auroc``: image AUROC of the deployed scores;
+- ``normals_unknown`` / ``defects_unknown``: the share flagged as an unknown product (against the
+  ``unknown_rejection_rate`` budget) and ``recognised``: the share given its own product.
 
-Predictions are saved to ``<output>/predictions_<mode>.pt`` before any metric is computed; a finished training is
-reused. Writes ``<output>/deployed_categories.json`` and prints Markdown tables.
+Predictions are saved to ``<output>/<run folder>/predictions_<way>.pt`` before any figure; a record
+(:mod:`anomalib_dcam.benchmark.records`) stores the unified run's settings, the export settings and the table.
 
 Example:
-    python benchmarks/deployed_categories.py --epochs 5 --seed 0
+    python benchmarks/unified.py --categories bottle magnetic_tile --epochs 5 --seed 0 --runs dcam_default:unified
+    python benchmarks/deployed_categories.py --categories bottle magnetic_tile --epochs 5 --seed 0 --run dcam_default
 """
 
 import argparse
 import json
-import platform
-import time
-from datetime import datetime, timezone
+import os
 from pathlib import Path
 
 import torch
-from dcam_vs_stfpm import build_model
 from torchmetrics.functional.classification import binary_auroc
+from unified import build_run, run_folder
+
+EXPORT = {"input_size": [256, 256], "int8": "INT8_PTQ", "calibration": "NormalsCalibration(num_images=300)"}
+INFERENCE = {"precision_hint": "f32", "mode": "synchronous, batch 1", "num_threads": "OpenVINO default"}
 
 
-def _datamodule(root: Path, categories: list[str], seed: int):
-    from anomalib_dcam.data import MultiClassMVTec
-
-    return MultiClassMVTec(
-        root=root,
-        categories=categories,
-        train_batch_size=32,
-        eval_batch_size=32,
-        num_workers=0,
-        seed=seed,
-    )
-
-
-def _engine(run_dir: Path, epochs: int, callbacks: list | None = None):
+def torch_predictions(model: object, datamodule: object, post_processing: bool, run_dir: Path) -> dict:
+    """Scores, decisions and products of every test image from the PyTorch model, with or without post-processing."""
     from anomalib.engine import Engine
 
-    return Engine(
-        max_epochs=epochs,
-        default_root_dir=run_dir,
-        logger=False,
-        accelerator="cpu",
-        devices=1,
-        precision="32-true",
-        callbacks=callbacks or [],
-    )
-
-
-def train(root: Path, categories: list[str], epochs: int, seed: int, run_dir: Path, **post_processing) -> Path:
-    """Train (or reuse) one Dcam; return its best checkpoint."""
-    from lightning.pytorch import seed_everything
-
-    from anomalib_dcam.callbacks import HeldOutNormalCheckpoint
-    from anomalib_dcam.post_processing import CategoryPostProcessor
-
-    done = run_dir / "best.ckpt"
-    if done.is_file():
-        return done
-    seed_everything(seed, workers=True)
-    checkpoint = HeldOutNormalCheckpoint()
-    post_processor = CategoryPostProcessor(**post_processing)
-    model = build_model("dcam", {"teacher_cache": "memory", "channels_last": True, "post_processor": post_processor})
-    start = time.perf_counter()
-    _engine(run_dir, epochs, [checkpoint]).fit(model=model, datamodule=_datamodule(root, categories, seed))
-    print(f"fit {categories}: {time.perf_counter() - start:.0f} s", flush=True)
-    Path(checkpoint.best_model_path).rename(done)
-    return done
-
-
-def load(checkpoint: Path):
-    """Restore a trained Dcam for scoring."""
-    from anomalib_dcam import Dcam
-
-    model = Dcam.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
-    model.visualizer = None  # scores only; no heat-map images
-    return model
-
-
-def predict(model, datamodule, output: Path) -> dict[str, torch.Tensor | list]:
-    """Deployed outputs of every test image (saved before any metric is computed)."""
-    if output.is_file():
-        return torch.load(output, weights_only=False)
-    batches = _engine(output.parent / "predict", 1).predict(model=model, dataloaders=datamodule.test_dataloader())
-    names = [name for batch in batches for name in getattr(batch, "pred_category_name", [""] * len(batch.image_path))]
-    result = {
+    post_processor = model.post_processor
+    post_processor.enable_normalization = post_processor.enable_thresholding = post_processing
+    engine = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=run_dir, enable_progress_bar=False)
+    batches = engine.predict(model=model, dataloaders=datamodule.test_dataloader())
+    post_processor.enable_normalization = post_processor.enable_thresholding = True
+    return {
         "image_path": [str(path) for batch in batches for path in batch.image_path],
-        "category_name": names,
-        "pred_score": torch.cat([batch.pred_score.reshape(-1) for batch in batches]),
-        "pred_label": torch.cat(
-            [
-                torch.zeros(len(batch.image_path), dtype=torch.bool)
-                if batch.pred_label is None
-                else batch.pred_label.reshape(-1)
-                for batch in batches
-            ],
-        ),
-        "gt_label": torch.cat([batch.gt_label.reshape(-1) for batch in batches]),
-        "anomaly_map": torch.cat([batch.anomaly_map.reshape(len(batch.image_path), -1).half() for batch in batches]),
-        "gt_mask": torch.cat([batch.gt_mask.reshape(len(batch.image_path), -1).bool() for batch in batches]),
+        "pred_score": torch.cat([batch.pred_score.reshape(-1).float() for batch in batches]).tolist(),
+        "pred_label": [bool(v) for b in batches for v in (b.pred_label if post_processing else b.gt_label).reshape(-1)],
+        "pred_category_name": [name for batch in batches for name in getattr(batch, "pred_category_name", [])],
     }
-    torch.save(result, output)
+
+
+def openvino_predictions(xml: Path, image_paths: list[str]) -> dict:
+    """The same from an exported IR, through the plugin's inferencer."""
+    from anomalib_dcam.deploy import openvino_inferencer
+
+    inferencer = openvino_inferencer(xml, precision_hint=INFERENCE["precision_hint"])
+    result: dict[str, list] = {"image_path": image_paths, "pred_score": [], "pred_label": [], "pred_category_name": []}
+    for path in image_paths:
+        prediction = inferencer.predict(path)
+        result["pred_score"].append(float(prediction.pred_score.reshape(-1)[0]))
+        result["pred_label"].append(bool(prediction.pred_label.reshape(-1)[0]))
+        result["pred_category_name"].append(str(prediction.pred_category_name[0]))
     return result
 
 
-def summarise(result: dict, root: Path, categories: list[str]) -> dict:
-    """Recognition accuracy, pooled AUROCs and per-category rates at the deployed threshold."""
-    truth = [Path(path).resolve().relative_to(root.resolve()).parts[0] for path in result["image_path"]]
-    labels, scores, predicted = result["gt_label"].int(), result["pred_score"].float(), result["pred_label"].bool()
-    summary = {
-        "images": len(truth),
-        "recognition_accuracy": sum(a == b for a, b in zip(result["category_name"], truth, strict=True)) / len(truth),
-        "flagged_unknown": sum(name == "unknown" for name in result["category_name"]),
-        "pooled_image_AUROC": float(binary_auroc(scores, labels)),
-        "pooled_pixel_AUROC": float(
-            binary_auroc(result["anomaly_map"].float().flatten(), result["gt_mask"].flatten().int())
-        ),
-        "per_category": {},
-    }
+def saved(path: Path, compute: object) -> dict:
+    """``compute()`` once: its result is saved to ``path`` and read back on later runs."""
+    if not path.is_file():
+        torch.save(compute(), path)
+    return torch.load(path, weights_only=True)
+
+
+def best_recall(normals: torch.Tensor, defects: torch.Tensor, false_alarms: int) -> float:
+    """The best share of ``defects`` above a threshold that leaves at most ``false_alarms`` normals above it."""
+    if false_alarms >= len(normals):
+        return 1.0
+    limit = normals.sort(descending=True).values[false_alarms]
+    return float((defects > limit).float().mean())
+
+
+def product_table(way: dict, raw: dict, products: list[str], categories: list[str], budget: float) -> dict:
+    """Per product: false alarms, recall against the oracle, AUROC before and after, unknown-product shares."""
+    table = {}
     for category in categories:
-        rows = torch.tensor([name == category for name in truth])
-        tp = int((predicted & (labels == 1) & rows).sum())
-        fp = int((predicted & (labels == 0) & rows).sum())
-        fn = int((~predicted & (labels == 1) & rows).sum())
-        normals, defects = int(((labels == 0) & rows).sum()), int(((labels == 1) & rows).sum())
-        summary["per_category"][category] = {
-            "image_AUROC": float(binary_auroc(scores[rows], labels[rows])),
-            "F1": 2 * tp / max(2 * tp + fp + fn, 1),
-            "FPR_normals": fp / max(normals, 1),
-            "recall_defects": tp / max(defects, 1),
+        rows = [index for index, product in enumerate(products) if product == category]
+        labels = torch.tensor([raw["gt_label"][index] for index in rows])
+        scores = torch.tensor([way["pred_score"][index] for index in rows])
+        raw_scores = torch.tensor([raw["pred_score"][index] for index in rows])
+        flagged = torch.tensor([way["pred_label"][index] for index in rows])
+        names = [way["pred_category_name"][index] for index in rows]
+        normal, defective = labels == 0, labels == 1
+        false_alarms = int((flagged & normal).sum())
+        unknown = torch.tensor([name == "unknown" for name in names])
+        table[category] = {
+            "normals": int(normal.sum()),
+            "defects": int(defective.sum()),
+            "false_alarm_rate": false_alarms / int(normal.sum()),
+            "recall": float(flagged[defective].float().mean()),
+            "best_recall_same_far": best_recall(raw_scores[normal], raw_scores[defective], false_alarms),
+            "best_recall_budget": best_recall(
+                raw_scores[normal], raw_scores[defective], int(budget * int(normal.sum()))
+            ),
+            "auroc_raw": float(binary_auroc(raw_scores, labels)),
+            "auroc": float(binary_auroc(scores, labels)),
+            "normals_unknown": float(unknown[normal].float().mean()),
+            "defects_unknown": float(unknown[defective].float().mean()),
+            "recognised": sum(name == category for name in names) / len(names),
         }
-    summary["mean_category_image_AUROC"] = sum(row["image_AUROC"] for row in summary["per_category"].values()) / len(
-        categories
-    )
-    return summary
-
-
-def latency(model, output: Path, rounds: int = 5, iterations: int = 50) -> dict[str, float]:
-    """Batch-1 latency (ms, median of rounds) of the IR with recognition and without it, alternating."""
-    import copy
-
-    import numpy as np
-
-    from anomalib_dcam.deploy import compile_openvino
-
-    plain = copy.deepcopy(model)
-    plain.post_processor.recognizer.prototypes = torch.empty(0, 0)  # a one-category post-processor
-    paths = {
-        "with_recognition": model.to_openvino(output / "ir_with", input_size=(256, 256)),
-        "without_recognition": plain.to_openvino(output / "ir_without", input_size=(256, 256)),
-    }
-    compiled = {name: compile_openvino(path, precision_hint="f32", num_threads=2) for name, path in paths.items()}
-    image = np.random.default_rng(0).random((1, 3, 256, 256), dtype=np.float32)
-    timings: dict[str, list[float]] = {name: [] for name in compiled}
-    for name in compiled:
-        for _ in range(5):
-            compiled[name](image)  # warm-up
-    for _ in range(rounds):
-        for name, model_ir in compiled.items():
-            start = time.perf_counter()
-            for _ in range(iterations):
-                model_ir(image)
-            timings[name].append((time.perf_counter() - start) / iterations * 1000)
-    medians = {name: float(np.median(values)) for name, values in timings.items()}
-    medians["ratio"] = medians["with_recognition"] / medians["without_recognition"]
-    return medians
-
-
-def unknown_flag(root: Path, categories: list[str], seed: int, output: Path) -> dict[str, dict[str, float]]:
-    """Train on one category, score every category's test images: the fraction flagged unknown."""
-    results = {}
-    for known in categories:
-        checkpoint = train(root, [known], 1, seed, output / f"only_{known}", recognize_single_category=True)
-        model = load(checkpoint)
-        rows = {}
-        for category in categories:
-            datamodule = _datamodule(root, [category], seed)
-            datamodule.setup()
-            predicted = predict(model, datamodule, output / f"only_{known}" / f"predictions_{category}.pt")
-            rows[category] = sum(name == "unknown" for name in predicted["category_name"]) / len(
-                predicted["category_name"]
-            )
-        results[f"trained_on_{known}"] = rows
-    return results
+    return table
 
 
 def main() -> None:
-    """Train, score and report (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Score the test images the three ways, write the record and print one Markdown table per way."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path("../shared/data/industrial"))
     parser.add_argument("--categories", nargs="+", default=["bottle", "magnetic_tile"])
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--normal-quantiles", type=float, nargs="*", default=[0.99])
-    parser.add_argument("--skip-latency", action="store_true", help="skip the IR latency and unknown-flag parts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run", default="dcam_default", help="a unified run of benchmarks/unified.py")
+    parser.add_argument("--results", type=Path, default=Path("results/unified"), help="unified.py's --output")
     parser.add_argument("--output", type=Path, default=Path("results/deployed_categories"))
+    parser.add_argument("--records", type=Path, default=Path(__file__).parent / "records" / "deployed_categories")
     args = parser.parse_args()
-    output = args.output / f"e{args.epochs}_s{args.seed}"
-    output.mkdir(parents=True, exist_ok=True)
-    from lightning.pytorch import seed_everything
 
-    model = load(train(args.root, args.categories, args.epochs, args.seed, output / "unified"))
-    datamodule = _datamodule(args.root, args.categories, args.seed)
-    datamodule.setup()
-    report = {"categories": args.categories, "epochs": args.epochs, "seed": args.seed}
-    post_processor = model.post_processor
-    # raw: the model's scores before any post-processing; their per-category AUROCs are the "oracle" that knows the
-    # category, the reference of the multi-class benchmarks.
-    modes = (("per_category", True, True), ("single", False, True), ("raw", True, False))
-    for mode, calibrated, post_processing in modes:
-        post_processor.category_calibration = calibrated
-        post_processor.enable_normalization = post_processor.enable_thresholding = post_processing
-        predictions = predict(model, datamodule, output / f"predictions_{mode}.pt")
-        report[mode] = summarise(predictions, args.root, args.categories)
-    post_processor.category_calibration = True
-    post_processor.enable_normalization = post_processor.enable_thresholding = True
-    for quantile in args.normal_quantiles:
-        # Thresholds at a false-alarm budget on each category's held-out normals, from a validation pass.
-        post_processor.normal_quantile = quantile
-        seed_everything(args.seed, workers=True)
-        _engine(output / "validate", 1).validate(
-            model=model, datamodule=_datamodule(args.root, args.categories, args.seed)
+    folder = run_folder(args.categories, args.epochs, args.seed, "fast")
+    unified_record = Path(__file__).parent / "records" / "unified" / folder / f"{args.run}_unified.json"
+    checkpoints = sorted((args.results / folder / f"{args.run}_unified").glob("**/weights/lightning/model.ckpt"))
+    if not unified_record.is_file() or not checkpoints:
+        parser.error(
+            f"no trained model for --run {args.run} in {args.results / folder} (record {unified_record}); train it "
+            f"first: python benchmarks/unified.py --categories {' '.join(args.categories)} --epochs {args.epochs} "
+            f"--seed {args.seed} --runs {args.run}:unified --output {args.results}",
         )
-        mode = f"per_category_q{quantile}"
-        predictions = predict(model, datamodule, output / f"predictions_{mode}.pt")
-        report[mode] = summarise(predictions, args.root, args.categories)
-    post_processor.normal_quantile = None
-    if not args.skip_latency:
-        report["latency_ms_batch1_f32"] = latency(model, output)
-        report["unknown_flag_fraction"] = unknown_flag(args.root, args.categories, args.seed, output)
-    report["machine"] = f"{platform.node()}, {platform.processor() or platform.machine()}"
-    report["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    name = f"deployed_categories_e{args.epochs}_s{args.seed}{'_calibration' if args.skip_latency else ''}.json"
-    (args.output / name).write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from anomalib_dcam import Dcam
+    from anomalib_dcam.benchmark.records import load_matching, write_record
+    from anomalib_dcam.data.multiclass import categories_by_image_path
+    from anomalib_dcam.deploy import NormalsCalibration, export_openvino
+
+    trained = json.loads(unified_record.read_text())
+    settings = {"unified_record": f"unified/{folder}/{args.run}_unified.json", "unified": trained["settings"]}
+    settings.update(export=EXPORT, inference=INFERENCE)
+    record_path = args.records / folder / f"{args.run}_unified.json"
+    if load_matching(record_path, settings) is not None:
+        print(f"[skip] recorded with the same settings in {record_path}")
+        return
+
+    _, datamodule, _, built = build_run(args.run, args.categories, args.root, args.epochs, args.seed, "fast", False)
+    if built != trained["settings"]["runs"][0]:
+        parser.error(f"{unified_record} was trained with other settings than --run {args.run} builds today; rerun it")
+    datamodule.setup()
+    model = Dcam.load_from_checkpoint(checkpoints[0], map_location="cpu", weights_only=True).eval()
+    model.visualizer = None  # scores only
+    output = args.output / folder / args.run
+    output.mkdir(parents=True, exist_ok=True)
+    raw = saved(output / "predictions_raw.pt", lambda: torch_predictions(model, datamodule, False, output))
+    raw["gt_label"] = [int(label) for label in raw.pop("pred_label")]
+    paths = raw["image_path"]
+    by_path = categories_by_image_path(datamodule.test_data)
+    products = [by_path[path] for path in paths]
+    ways = {
+        "pytorch_fp32": saved(
+            output / "predictions_pytorch_fp32.pt", lambda: torch_predictions(model, datamodule, True, output)
+        )
+    }
+    exports = {"openvino_fp32": None, "openvino_int8": EXPORT["int8"]}
+    for way, compression in exports.items():
+        xml = output / way / "weights" / "openvino" / "model.xml"
+        if not xml.is_file():
+            calibration = NormalsCalibration(datamodule, image_size=EXPORT["input_size"]) if compression else None
+            export_openvino(model, output / way, tuple(EXPORT["input_size"]), compression, datamodule=calibration)
+        ways[way] = saved(output / f"predictions_{way}.pt", lambda xml=xml: openvino_predictions(xml, paths))
+        if ways[way]["image_path"] != paths:
+            raise RuntimeError(f"{way}: scored other images than the PyTorch model")
+
+    budget = model.post_processor.false_alarm_rate
+    tables = {way: product_table(result, raw, products, args.categories, budget) for way, result in ways.items()}
+    results = {"false_alarm_rate_budget": budget, "unknown_rejection_rate": model.post_processor.unknown_rejection_rate}
+    write_record(record_path, settings, {**results, "tables": tables})
+    columns = list(next(iter(tables["pytorch_fp32"].values())))
+    for way, table in tables.items():
+        print(f"\n{way} (budget: false-alarm rate {budget:.1%})\n\n| product | " + " | ".join(columns) + " |")
+        print("|---" * (len(columns) + 1) + "|")
+        for category, row in table.items():
+            cells = [f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()]
+            print(f"| {category} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
