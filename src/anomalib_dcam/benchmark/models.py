@@ -160,57 +160,47 @@ def random_timm_weights() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------------- class lookup
 
 
-def _import_dotted(class_path: str, where: str) -> type:
-    module_name, _, class_name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as error:
-        msg = f"{where}.class_path={class_path!r} could not be imported: {error}"
-        raise ValueError(msg) from error
+def _resolve(class_path: str, where: str, kind: str, base: type, namespaces: Sequence[Any]) -> type:
+    """A class from a short name (looked up in ``namespaces``, first match wins) or a dotted class path."""
+    if "." in class_path:
+        module_name, _, class_name = class_path.rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as error:
+            msg = f"{where}.class_path={class_path!r} could not be imported: {error}"
+            raise ValueError(msg) from error
+    else:
+        found = next((getattr(space, class_path) for space in namespaces if hasattr(space, class_path)), None)
+        if found is None:
+            classes = [getattr(space, name, None) for space in namespaces for name in getattr(space, "__all__", [])]
+            known = sorted({c.__name__ for c in classes if inspect.isclass(c) and issubclass(c, base)})
+            msg = f"{where}.class_path={class_path!r} is not a known {kind}; accepted names: {', '.join(known)}."
+            raise ValueError(msg)
+    if not (inspect.isclass(found) and issubclass(found, base)):
+        msg = f"{where}.class_path={class_path!r} is not an anomalib {kind} (a subclass of {base.__name__})."
+        raise ValueError(msg)
+    return found
 
 
 def resolve_model_class(class_path: str, where: str = "model") -> type[AnomalibModule]:
-    """Find a model class from a short name or a dotted class path.
-
-    Args:
-        class_path: ``Dcam``, ``TunedStfpm``, an anomalib model name (``Stfpm``, ``ReverseDistillation``,
-            ``EfficientAd``, ...) or a dotted class path (``my_package.MyModel``).
-        where: The option's name, for error messages.
-
-    Returns:
-        The model class.
+    """Find a model class: ``Dcam``, ``TunedStfpm``, an anomalib model name (``Stfpm``, ...) or a dotted class path.
 
     Raises:
         ValueError: If no such model class exists.
     """
+    import types
+
     import anomalib.models
 
     from anomalib_dcam import Dcam
 
-    if "." in class_path:
-        model_class = _import_dotted(class_path, where)
-    else:
-        local = {"Dcam": Dcam, "TunedStfpm": TunedStfpm, "RandomTeacherEfficientAd": RandomTeacherEfficientAd}
-        model_class = local.get(class_path) or getattr(anomalib.models, class_path, None)
-        if model_class is None:
-            known = sorted({*local, *anomalib.models.__all__} - {"get_model", "list_models"})
-            msg = f"{where}.class_path={class_path!r} is not a known model; accepted names: {', '.join(known)}."
-            raise ValueError(msg)
-    if not (inspect.isclass(model_class) and issubclass(model_class, AnomalibModule)):
-        msg = f"{where}.class_path={class_path!r} is not an anomalib model (a subclass of AnomalibModule)."
-        raise ValueError(msg)
-    return model_class
+    local = types.SimpleNamespace(Dcam=Dcam, TunedStfpm=TunedStfpm, RandomTeacherEfficientAd=RandomTeacherEfficientAd)
+    local.__all__ = list(vars(local))
+    return _resolve(class_path, where, "model", AnomalibModule, [local, anomalib.models])
 
 
 def resolve_datamodule_class(class_path: str, where: str = "datamodule") -> type:
-    """Find a datamodule class from a short name or a dotted class path.
-
-    Args:
-        class_path: An anomalib datamodule name (``MVTecAD``, ``Folder``, ...), ``MultiClassMVTec`` or a dotted path.
-        where: The option's name, for error messages.
-
-    Returns:
-        The datamodule class.
+    """Find a datamodule class: an anomalib name (``MVTecAD``, ``Folder``, ...), ``MultiClassMVTec`` or a dotted path.
 
     Raises:
         ValueError: If no such datamodule class exists.
@@ -220,24 +210,7 @@ def resolve_datamodule_class(class_path: str, where: str = "datamodule") -> type
 
     import anomalib_dcam.data
 
-    if "." in class_path:
-        data_class = _import_dotted(class_path, where)
-    else:
-        data_class = getattr(anomalib_dcam.data, class_path, None) or getattr(anomalib.data, class_path, None)
-        if data_class is None:
-            known = sorted(
-                name
-                for module in (anomalib.data, anomalib_dcam.data)
-                for name in getattr(module, "__all__", [])
-                if inspect.isclass(getattr(module, name, None))
-                and issubclass(getattr(module, name), AnomalibDataModule)
-            )
-            msg = f"{where}.class_path={class_path!r} is not a known datamodule; accepted names: {', '.join(known)}."
-            raise ValueError(msg)
-    if not (inspect.isclass(data_class) and issubclass(data_class, AnomalibDataModule)):
-        msg = f"{where}.class_path={class_path!r} is not an anomalib datamodule (a subclass of AnomalibDataModule)."
-        raise ValueError(msg)
-    return data_class
+    return _resolve(class_path, where, "datamodule", AnomalibDataModule, [anomalib_dcam.data, anomalib.data])
 
 
 def check_arguments(target: type, arguments: Mapping[str, Any], where: str) -> None:

@@ -8,10 +8,9 @@ and writes ``<phase>.json`` (``latency_<runtime>.json`` for timings) there, or `
 
 - ``train``: build data and model, fit, test (quality jobs only: per-category metrics), save the trained model with
   ``to_torch``. Peak memory is read right after fitting.
-- ``export``: load the saved model, export it once to ONNX (``to_onnx``), convert to OpenVINO and save it as FP32,
-  FP16 and INT8 (post-training quantization with :mod:`anomalib_dcam.deploy`). This is anomalib's ``to_openvino``
-  pipeline (ONNX, ``openvino.convert_model``, NNCF, ``openvino.save_model``) with a single ONNX export instead of
-  one per precision.
+- ``export``: load the saved model, convert it once to OpenVINO (``to_onnx``, ``openvino.convert_model``) and save it
+  as FP32, FP16 and INT8 (post-training quantization) with :mod:`anomalib_dcam.deploy`, as ``benchmarks/deployment.py``
+  does: anomalib's ``to_openvino`` pipeline with a single ONNX export instead of one per precision.
 - ``latency``: time one runtime at batch 1 and at the throughput batch size on the CPU, in a fresh process
   (:mod:`anomalib_dcam.benchmark.timing`).
 
@@ -125,35 +124,28 @@ def _load_exported_model(job_dir: Path) -> Any:
 
 
 def run_export(job_dir: Path) -> dict[str, Any]:
-    """Export the trained model to OpenVINO FP32, FP16 and INT8 (those of the configured runtimes)."""
-    import tempfile
-
-    import openvino as ov
+    """Export the trained model to OpenVINO FP32, FP16 and INT8 (those of the configured runtimes), one conversion."""
+    from anomalib_dcam.deploy import compress_openvino_model, convert_to_openvino, save_openvino
 
     job = json.loads((job_dir / "job.json").read_text())
     wanted = [runtime for runtime in job["inference"]["runtimes"] if runtime.startswith("openvino_")]
     model = _load_exported_model(job_dir)
-    size = job["image_size"]
     result: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()), "runtimes": {}, "errors": {}}
     if not wanted:
         return result
     report_phase("export", "ONNX")
-    with tempfile.TemporaryDirectory() as onnx_dir:
-        start = time.perf_counter()
-        # Opset 18 is what the exporter produces anyway; asking for it skips a failing down-conversion attempt.
-        onnx_path = model.to_onnx(onnx_dir, input_size=(size, size), opset_version=18)
-        result["onnx_s"] = time.perf_counter() - start
-        ov_model = ov.convert_model(onnx_path)
+    start = time.perf_counter()
+    base = convert_to_openvino(model, (job["image_size"], job["image_size"]))
+    result["onnx_s"] = time.perf_counter() - start
     for runtime in wanted:
         report_phase("export", runtime)
-        xml_path = job_dir / "export" / "weights" / runtime / "model.xml"
-        xml_path.parent.mkdir(parents=True, exist_ok=True)
+        compression = {"openvino_fp32": None, "openvino_fp16": "FP16", "openvino_int8": "INT8_PTQ"}[runtime]
         start = time.perf_counter()
         try:
-            if runtime == "openvino_int8":
-                ov.save_model(_quantize_int8(ov_model.clone(), model, job), xml_path, compress_to_fp16=False)
-            else:
-                ov.save_model(ov_model.clone(), xml_path, compress_to_fp16=runtime == "openvino_fp16")
+            calibration = _calibration_datamodule(job) if compression == "INT8_PTQ" else None
+            pre_processor = getattr(model, "pre_processor", None)
+            compressed = compress_openvino_model(base.clone(), compression, calibration, pre_processor=pre_processor)
+            xml_path = save_openvino(compressed, job_dir / "export" / runtime, compression_type=compression)
         except Exception as error:  # noqa: BLE001  # one precision failing must not lose the others
             result["errors"][runtime] = f"{type(error).__name__}: {error}"
             continue
@@ -165,23 +157,20 @@ def run_export(job_dir: Path) -> dict[str, Any]:
     return result
 
 
-def _quantize_int8(ov_model: Any, model: Any, job: dict[str, Any]) -> Any:
-    """INT8 post-training quantization with the deploy module's calibration sources."""
+def _calibration_datamodule(job: dict[str, Any]) -> Any:
+    """INT8 calibration images from the job's datamodule (``anomalib_dcam.deploy``'s calibration sources)."""
     from lightning.pytorch import seed_everything
 
     from anomalib_dcam.benchmark.models import build_datamodule
-    from anomalib_dcam.deploy import build_calibration_datamodule, compress_openvino_model
+    from anomalib_dcam.deploy import build_calibration_datamodule
 
     seed_everything(job["seed"])
-    calibration = build_calibration_datamodule(
+    return build_calibration_datamodule(
         job["inference"]["int8_calibration"],
         build_datamodule(job["data"]["class_path"], job["data"]["init_args"]),
         image_size=job["image_size"],
         num_images=job["inference"]["int8_calibration_images"],
         seed=job["seed"],
-    )
-    return compress_openvino_model(
-        ov_model, "INT8_PTQ", datamodule=calibration, pre_processor=getattr(model, "pre_processor", None)
     )
 
 
@@ -193,12 +182,13 @@ def run_latency(job_dir: Path, runtime: str) -> dict[str, Any]:
     hint = settings["precision_hints"].get(runtime)
     report_phase("latency", runtime)
     model = _load_exported_model(job_dir) if runtime == "torch" else None
-    xml = job_dir / "export" / "weights" / runtime / "model.xml"
+    # The runner times an OpenVINO runtime only after its export succeeded.
+    exported = {} if model is not None else json.loads((job_dir / output_file("export")).read_text())["runtimes"]
 
     def prepare(inputs: np.ndarray) -> Callable[[], object]:
         if model is not None:
             return torch_callable(model, inputs, threads)
-        request = compile_request(xml, inputs.shape, hint, threads)
+        request = compile_request(job_dir / exported[runtime]["file"], inputs.shape, hint, threads)
         return lambda: request.infer({0: inputs})
 
     size = job["image_size"]
