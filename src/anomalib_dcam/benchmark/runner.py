@@ -269,7 +269,6 @@ def run_job(
         return JobOutcome(planned, "done", "", job_dir, reused=True)
     if planned.job.speed_only:
         progress.line(f"{SPEED_ONLY_LABEL}: {planned.weights}")
-    failures: list[str] = []
     for group in _process_groups(pending):
         phase, runtime = group[0]
         if phase == "train":
@@ -281,23 +280,28 @@ def run_job(
         arguments = [str(job_dir)] + [step if runtime is None else f"{step}:{runtime}" for step, runtime in group]
         if _run_worker(arguments, job_dir, environment, progress) == 0:
             continue
-        for step, step_runtime in group:
-            error = read_json(job_dir / error_file(step, step_runtime))
-            if error is not None:
-                label = step if step_runtime is None else f"{step} {step_runtime}"
-                failures.append(f"{label}: {error.get('error')}")
-        if not failures:
-            failures.append(f"{phase}: the worker process ended abnormally (killed?), see log.txt")
+        if not _failures(job_dir):  # no error file: the worker did not get to write one
+            error = "the worker process ended abnormally (killed?), see log.txt"
+            (job_dir / error_file(phase, runtime)).write_text(
+                json.dumps({"phase": phase, "runtime": runtime, "error": error})
+            )
         if phase == "train":
             break  # nothing to export or time
-    export = read_json(job_dir / output_file("export")) or {}
-    failures += [f"export {runtime}: {error}" for runtime, error in export.get("errors", {}).items()]
+    failures = _failures(job_dir)
     if failures:
         message = "; ".join(failures)
         progress.line(f"FAILED: {message} (log: {job_dir / 'log.txt'})")
         return JobOutcome(planned, "failed", message, job_dir)
     progress.phase("done")
     return JobOutcome(planned, "done", "", job_dir)
+
+
+def _failures(job_dir: Path) -> list[str]:
+    """``"<phase> [<runtime>]: <error>"`` of every failed phase and failed export precision in the job's folder."""
+    errors = [read_json(path) or {} for path in sorted(job_dir.glob("*.error.json"))]
+    failures = [f"{' '.join(filter(None, (e.get('phase'), e.get('runtime'))))}: {e.get('error')}" for e in errors]
+    export = read_json(job_dir / output_file("export")) or {}
+    return failures + [f"export {runtime}: {error}" for runtime, error in export.get("errors", {}).items()]
 
 
 def existing_outcome(planned: PlannedJob, config: BenchmarkConfig, reason: str = "not run yet") -> JobOutcome:
@@ -316,13 +320,7 @@ def existing_outcome(planned: PlannedJob, config: BenchmarkConfig, reason: str =
         return JobOutcome(planned, "skipped", f"skipped: pretrained weights not available ({planned.weights})", job_dir)
     if all(phase_done(job_dir, phase, runtime, config) for phase, runtime in _phases(config)):
         return JobOutcome(planned, "done", "", job_dir, reused=True)
-    errors = [
-        f"{error.get('phase')}{' ' + error['runtime'] if error.get('runtime') else ''}: {error.get('error')}"
-        for error in (read_json(path) for path in sorted(job_dir.glob("*.error.json")))
-        if error
-    ]
-    export = read_json(job_dir / output_file("export")) or {}
-    errors += [f"export {runtime}: {error}" for runtime, error in export.get("errors", {}).items()]
+    errors = _failures(job_dir)
     if errors:
         return JobOutcome(planned, "failed", "; ".join(errors), job_dir)
     return JobOutcome(planned, "pending", reason, job_dir)

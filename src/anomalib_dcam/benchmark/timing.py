@@ -40,10 +40,10 @@ import numpy as np
 __all__ = [
     "available_cpus",
     "benchmark_app_latency",
+    "compile_request",
     "cpu_name",
     "current_rss_mb",
     "latency_stats",
-    "compile_request",
     "openvino_async_throughput",
     "peak_rss_mb",
     "reset_peak_rss",
