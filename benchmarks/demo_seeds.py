@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from dcam_vs_stfpm import ATTENTION_DEFAULTS, FORMER_DEFAULTS
-from seeds import mean_std
+
+from anomalib_dcam.benchmark.report import mean_std
 
 # Variant -> Dcam options on top of Dcam's current defaults; the recorded ablations are of DCAM's attention model.
 VARIANTS: dict[str, dict] = {

@@ -3,33 +3,17 @@
 
 r"""Dcam deployment benchmark: every OpenVINO precision against eager FP32 PyTorch, on the test set of an MVTec root.
 
-For one trained Dcam checkpoint and the test images of the given categories, the script
-
-1. exports the OpenVINO IRs (one conversion, then FP32, FP16, INT8 weights-only, INT8_PTQ with each calibration
-   source, INT8_ACQ), and takes QAT IRs if given (``--qat-ir student=<xml> all=<xml>``, from
-   ``anomalib-dcam qat``);
-2. scores every test image with each precision, each in a fresh subprocess, so that peak memory is measured fairly;
-   predictions are written to disk first;
-3. times it with :mod:`anomalib_dcam.benchmark.timing`, the timing of ``anomalib-dcam benchmark``: batch-1 latency of
-   synchronous calls (OpenVINO: ``PERFORMANCE_HINT=LATENCY``, one stream) cycling over 16 test images, and
-   throughput, OpenVINO through an ``AsyncInferQueue`` with its optimal number of requests (``THROUGHPUT`` hint),
-   eager PyTorch in synchronous batches of ``--torch-batch-size``; every OpenVINO compile uses the stated
-   ``INFERENCE_PRECISION_HINT`` (default ``f32``) and ``--num-threads`` (default: the CPUs available);
-4. computes image AUROC, pixel AUROC and AUPRO (anomalib's, FPR limit 0.3) per category, and the drop against eager
-   FP32 PyTorch, from the saved predictions, and writes ``results.csv`` and ``results.md``.
-
-Finished steps are skipped when the script is run again with the same ``--output``: delete a precision's folders
-under ``ir/`` and ``runs/`` to redo it. Calibration uses the training normals of the categories (INT8_ACQ validates
-on a synthetic-anomaly split of the training normals, so no test image is seen during quantization).
-
-``--speed-only`` replaces the checkpoint by a Dcam with random weights, built from today's defaults plus
-``--dcam-options`` (a JSON object of constructor arguments): the same exports and timings, with no quality columns.
+For one trained Dcam checkpoint and the test images of the given categories: export the IRs (one conversion, then
+FP32, FP16, INT8 weights-only, INT8_PTQ with each calibration source, INT8_ACQ; QAT IRs with ``--qat-ir``), score
+every test image with each precision in a fresh subprocess (so that peak memory is each precision's own), time it
+with :mod:`anomalib_dcam.benchmark.timing` (the timing of ``anomalib-dcam benchmark``), and compute image AUROC, pixel
+AUROC and AUPRO per category with the drop against eager FP32 PyTorch. Writes ``results.csv`` and ``results.md``;
+finished exports and measurements are reused (delete a precision's folders under ``ir/`` and ``runs/`` to redo it).
+docs/deployment.md describes every column and setting.
 
 Example:
     python benchmarks/deployment.py --ckpt_path results/Dcam/MVTecAD/bottle/latest/weights/lightning/model.ckpt \
         --root ../shared/data/industrial --categories bottle --output results/deployment/bottle
-    python benchmarks/deployment.py --speed-only --root ../shared/data/industrial --categories bottle \
-        --precisions torch_fp32 ov_fp32 ov_fp16 ov_int8_ptq_normals --output results/deployment/resnet18_speed_only
 """
 
 import argparse

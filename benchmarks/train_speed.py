@@ -6,7 +6,9 @@
 Every (backbone, setting) trains in a fresh subprocess, one after the other in one run, so that no two trainings
 share the CPU and each has its own peak memory. Each run trains ``--epochs`` epochs on the same ``--images``
 training images (unified bottle + magnetic_tile by default, 256 px, batch 32) and validates on ``--val-images``
-held-out images after every epoch. Reported separately:
+held-out images after every epoch. The epochs are timed by the package's
+:class:`~anomalib_dcam.benchmark.callbacks.TrainingMonitor`, which also times ``train_images_per_s`` of
+``anomalib-dcam benchmark``. Reported separately:
 
 - ``startup_s``: process start to the first training batch (imports, model, weights, data set-up);
 - ``first_epoch_img_s``: training images per second in epoch 1, where the caches fill;
@@ -14,8 +16,7 @@ held-out images after every epoch. Reported separately:
   further epoch costs);
 - ``data_wait_s``: per epoch, the time the training loop waited for the data loader;
 - ``val_img_s``: validation images per second;
-- ``peak_rss_gb``: peak resident memory of the training process (data-loader workers not included).
-
+- ``peak_rss_gb``: peak resident memory of the training process (data-loader workers not included);
 - ``step_split``: Dcam only, the share of the steady-state training loop spent in the teacher or its cache, the
   synthetic defects, the student's forward pass, the loss, waiting for data, and the rest (backward, optimiser,
   Lightning).

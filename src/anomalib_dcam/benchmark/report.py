@@ -29,7 +29,7 @@ from .worker import output_file, read_json
 if TYPE_CHECKING:
     from .runner import JobOutcome
 
-__all__ = ["QUALITY_METRICS", "RESULT_COLUMNS", "job_row", "write_report"]
+__all__ = ["QUALITY_METRICS", "RESULT_COLUMNS", "job_row", "mean_std", "write_report"]
 
 QUALITY_METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Max")
 """Quality columns: from :class:`anomalib_dcam.callbacks.PerCategoryMetrics`, mean over the datamodule's categories."""
@@ -165,12 +165,16 @@ def _job_label(row: dict[str, Any]) -> list[object]:
     return [f"{row['model']}{mark}", row["data"], row["seed"]]
 
 
-def _mean_std(values: Sequence[float]) -> str:
+def mean_std(values: Sequence[float | None], signed: bool = False) -> str:
+    """``mean ± std`` (sample std; ``± -`` for one value) of the defined values; ``signed`` writes the mean's sign.
+
+    Undefined values (``None``, NaN: e.g. pixel metrics of a category with image labels only) are left out.
+    """
+    values = [value for value in values if not is_missing(value)]
     if not values:
         return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    spread = f"{statistics.stdev(values):.3f}" if len(values) > 1 else "-"
+    return f"{statistics.fmean(values):{'+' if signed else ''}.3f} ± {spread}"
 
 
 def _markdown(
@@ -210,8 +214,7 @@ def _markdown(
             for row in full:
                 groups.setdefault((row["model"], row["data"]), []).append(row)
             body = [
-                [model, data, len(group)]
-                + [_mean_std([r[m] for r in group if not is_missing(r[m])]) for m in QUALITY_METRICS]
+                [model, data, len(group)] + [mean_std([r[m] for r in group]) for m in QUALITY_METRICS]
                 for (model, data), group in groups.items()
             ]
             lines += _table(["model", "data", "seeds", "image AUROC", "pixel AUROC", "pixel AUPRO", "F1Max"], body)
