@@ -224,7 +224,9 @@ def test_latency_is_the_median_of_timed_calls_after_the_warm_up() -> None:
 
 
 @pytest.mark.slow
-def test_openvino_timing_runs_the_settings_that_benchmark_app_is_given(tmp_path: Path) -> None:
+def test_openvino_timing_runs_the_settings_that_benchmark_app_is_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import openvino as ov
 
     image = ov.opset13.parameter([-1, 3, 16, 16], ov.Type.f32)
@@ -235,6 +237,8 @@ def test_openvino_timing_runs_the_settings_that_benchmark_app_is_given(tmp_path:
     assert np.array_equal(output, inputs)
     assert timing.benchmark_app_latency(xml, inputs.shape, "f32", 1, iterations=20) > 0
     assert timing.openvino_async_throughput(xml, inputs, "f32", 1, count=8)["throughput_images_per_s"] > 0
+    assert timing.main([str(xml), "--threads", "1", "--iterations", "5", "--rounds", "1"]) == 0
+    assert "INFERENCE_PRECISION_HINT=f32, 1 threads" in capsys.readouterr().out
 
 
 def test_cli_has_the_benchmark_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,8 @@ OpenVINO's own ``benchmark_app`` times the same IR with the same settings (:func
 
     python -m anomalib_dcam.benchmark.timing exported/weights/openvino/model.xml --precision-hint f32 --threads 2
 
-prints both medians side by side, alternating the two tools, so that the figures can be checked against it.
+prints both medians side by side, alternating the two tools (and several IRs, given several), so that the figures can
+be checked against it.
 """
 
 import argparse
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -259,9 +261,9 @@ def benchmark_app_latency(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Time an IR at batch 1 with this module and with ``benchmark_app``, alternating, and print both medians."""
+    """Time IRs at batch 1 with this module and with ``benchmark_app``, alternating, and print the medians."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("xml", type=Path, help="the IR (model.xml)")
+    parser.add_argument("xml", type=Path, nargs="+", help="the IRs (model.xml), timed in turn in every round")
     parser.add_argument("--precision-hint", default="f32", choices=["f32", "bf16", "f16", "default"])
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: the CPUs available)")
     parser.add_argument("--iterations", type=int, default=200, help="timed calls per round (default: %(default)s)")
@@ -270,22 +272,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     import openvino as ov
 
     threads = args.threads or available_cpus()
-    input_shape = ov.Core().read_model(str(args.xml)).inputs[0].get_partial_shape()
-    shape = [1, *(input_shape[axis].get_length() for axis in range(1, input_shape.rank.get_length()))]
-    image = np.random.default_rng(0).random(shape, dtype=np.float32)
-    ours, theirs = [], []
+    medians: dict[Path, tuple[list[float], list[float]]] = {xml: ([], []) for xml in args.xml}
     for _ in range(args.rounds):
-        infer = compile_request(args.xml, shape, args.precision_hint, threads).infer
-        ours.append(latency_stats(time_calls(lambda infer=infer: infer({0: image}), 10, args.iterations))["latency_ms"])
-        theirs.append(benchmark_app_latency(args.xml, shape, args.precision_hint, threads, args.iterations))
-    median = float(np.median(ours))
-    reference = float(np.median(theirs))
+        for xml, (ours, theirs) in medians.items():
+            input_shape = ov.Core().read_model(str(xml)).inputs[0].get_partial_shape()
+            shape = [1, *(input_shape[axis].get_length() for axis in range(1, input_shape.rank.get_length()))]
+            image = np.random.default_rng(0).random(shape, dtype=np.float32)
+            call = partial(compile_request(xml, shape, args.precision_hint, threads).infer, {0: image})
+            ours.append(latency_stats(time_calls(call, 10, args.iterations))["latency_ms"])
+            theirs.append(benchmark_app_latency(xml, shape, args.precision_hint, threads, args.iterations))
     print(
-        f"{args.xml}: batch 1, sync, LATENCY hint, 1 stream, {args.precision_hint} precision hint, {threads} threads; "
-        f"{cpu_name()}; OpenVINO {ov.__version__}\n"
-        f"anomalib_dcam.benchmark.timing median {median:.2f} ms, benchmark_app median {reference:.2f} ms, "
-        f"ratio {median / reference:.3f} (medians of {args.rounds} alternating rounds of {args.iterations} calls)",
+        f"batch 1, synchronous, PERFORMANCE_HINT=LATENCY (one stream), INFERENCE_PRECISION_HINT={args.precision_hint}, "
+        f"{threads} threads; {cpu_name()}; OpenVINO {ov.__version__}; medians of {args.rounds} alternating rounds of "
+        f"{args.iterations} calls",
     )
+    for xml, (ours, theirs) in medians.items():
+        ours_ms, theirs_ms = float(np.median(ours)), float(np.median(theirs))
+        print(f"{xml}: timing {ours_ms:.3f} ms, benchmark_app {theirs_ms:.3f} ms, ratio {ours_ms / theirs_ms:.3f}")
     return 0
 
 
