@@ -18,7 +18,7 @@ import yaml
 from anomalib_dcam.benchmark import callbacks, main, timing
 from anomalib_dcam.benchmark.config import ConfigError, load_config, parse_config
 from anomalib_dcam.benchmark.report import QUALITY_METRICS, RESULT_COLUMNS
-from conftest import requires_lite0
+from conftest import requires_lite0, subprocess_env
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 RUNTIME_COLUMNS = [f"{runtime}_{measure}" for runtime in ("torch", "openvino_fp32", "openvino_fp16", "openvino_int8")
@@ -347,3 +347,28 @@ def test_speed_only_rows_carry_no_quality(tmp_path: Path, texture_root: Path) ->
     assert float(row["train_images_per_s"]) > 0
     job = json.loads(next((tmp_path / "out").glob("jobs/*/train.json")).read_text())
     assert job["metrics"] is None  # never measured, not merely hidden
+
+
+@pytest.mark.slow
+def test_deployment_script_times_every_precision_with_its_settings(tmp_path: Path, texture_root: Path) -> None:
+    import subprocess
+    import sys
+
+    output = tmp_path / "deployment"
+    command = [sys.executable, str(REPOSITORY / "benchmarks" / "deployment.py"), "--speed-only", "--root"]
+    command += [str(texture_root), "--categories", "brick", "--output", str(output), "--input-size", "64", "64"]
+    command += ["--precisions", "torch_fp32", "ov_fp32", "--num-threads", "1", "--warmup", "1"]
+    command += ["--latency-iterations", "3", "--throughput-images", "4", "--torch-batch-size", "2"]
+    command += ["--dcam-options", '{"image_score_top_fraction": 0.0}']
+    completed = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), check=False)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    rows = {row["precision"]: row for row in csv.DictReader(io.StringIO((output / "results.csv").read_text()))}
+    assert set(rows) == {"torch_fp32", "ov_fp32"}
+    for row in rows.values():
+        assert float(row["latency_ms"]) > 0
+        assert float(row["throughput_images_per_s"]) > 0
+        assert row["num_threads"] == "1"
+        assert row["image_AUROC"] == ""  # speed only: no quality
+    assert rows["ov_fp32"]["precision_hint"] == "f32"
+    assert rows["ov_fp32"]["api"] == "sync latency; async queue throughput"
+    assert "Dcam(image_score_top_fraction=0.0) with random weights" in (output / "results.md").read_text()
