@@ -297,6 +297,12 @@ def _grouped(rows: Sequence[dict[str, Any]], key: str) -> dict[str, list[dict[st
     return groups
 
 
+def _mean(rows: Sequence[dict[str, Any]], column: str) -> float:
+    """Mean of a column's defined values; NaN when there is none."""
+    values = [row[column] for row in rows if not is_missing(row[column])]
+    return statistics.mean(values) if values else math.nan
+
+
 def _metric_bars(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     full = [row for row in rows if row["mode"] == "full" and not is_missing(row["image_AUROC"])]
     if not full:
@@ -310,11 +316,9 @@ def _metric_bars(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     for axis, (data, data_rows) in zip(axes, by_data.items(), strict=True):
         for model_index, model in enumerate(models):
             group = [row for row in data_rows if row["model"] == model]
-            means, errors = [], []
-            for metric in QUALITY_METRICS:
-                values = [row[metric] for row in group if not is_missing(row[metric])]
-                means.append(statistics.mean(values) if values else math.nan)
-                errors.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+            means = [_mean(group, metric) for metric in QUALITY_METRICS]
+            values = [[row[metric] for row in group if not is_missing(row[metric])] for metric in QUALITY_METRICS]
+            errors = [statistics.stdev(found) if len(found) > 1 else 0.0 for found in values]
             positions = np.arange(len(QUALITY_METRICS)) + (model_index - (len(models) - 1) / 2) * width
             spread = errors if any(errors) else None
             bars = axis.bar(positions, means, width, yerr=spread, label=model, color=colors[model], capsize=3)
@@ -349,14 +353,11 @@ def _latency_vs_accuracy(rows: Sequence[dict[str, Any]], runtimes: Sequence[str]
             group = [row for row in data_rows if row["model"] == model]
             if not group:
                 continue
-            accuracy = statistics.mean(row["image_AUROC"] for row in group)
+            accuracy = _mean(group, "image_AUROC")
             for runtime in runtimes:
-                latencies = [
-                    row[f"{runtime}_latency_ms"] for row in group if not is_missing(row[f"{runtime}_latency_ms"])
-                ]
-                if latencies:
+                if not math.isnan(latency := _mean(group, f"{runtime}_latency_ms")):
                     axis.scatter(
-                        statistics.mean(latencies),
+                        latency,
                         accuracy,
                         color=colors[model],
                         marker=_RUNTIME_MARKERS[runtime],
@@ -412,10 +413,7 @@ def _latency_bars(rows: Sequence[dict[str, Any]], runtimes: Sequence[str], batch
         (axes[1], "throughput_ips", f"throughput at batch {batch_size} (images/s, log scale, higher is better)"),
     ):
         for runtime_index, runtime in enumerate(runtimes):
-            values = []
-            for group in by_model.values():
-                found = [row[f"{runtime}_{measure}"] for row in group if not is_missing(row[f"{runtime}_{measure}"])]
-                values.append(statistics.mean(found) if found else math.nan)
+            values = [_mean(group, f"{runtime}_{measure}") for group in by_model.values()]
             positions = np.arange(len(by_model)) + (runtime_index - (len(runtimes) - 1) / 2) * height
             bars = axis.barh(positions, values, height, label=RUNTIME_LABELS[runtime])
             axis.bar_label(bars, labels=["" if math.isnan(v) else f"{v:.1f}" for v in values], fontsize=7, padding=2)
