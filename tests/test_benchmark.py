@@ -333,6 +333,28 @@ def test_rerun_skips_finished_jobs_and_retries_failed_ones(benchmark_run: tuple[
 
 
 @pytest.mark.slow
+def test_a_training_is_reused_only_with_the_same_resolved_settings(benchmark_run: tuple[Path, int, str]) -> None:
+    config, _, _ = benchmark_run
+    train = next((config.parent / "out").glob("jobs/dcam__*/train.json"))
+    stored = train.read_text()
+
+    def status() -> str:
+        _, listed = _run("--config", str(config), "--list")
+        return next(line for line in listed.splitlines() if line.startswith("[1] dcam | brick")).rsplit(" ", 1)[-1]
+
+    assert status() == "done"
+    record = json.loads(stored)
+    assert record["settings"]["model"]["init_args"]["backbone"] == "resnet18"
+    assert record["settings"]["model"]["init_args"]["image_score_top_fraction"] == 0.001  # a default, resolved
+    record["settings"]["model"]["init_args"]["image_score_top_fraction"] = 0.0  # as trained before a default changed
+    train.write_text(json.dumps(record))
+    try:
+        assert status() == "pending"
+    finally:
+        train.write_text(stored)
+
+
+@pytest.mark.slow
 def test_speed_only_rows_carry_no_quality(tmp_path: Path, texture_root: Path) -> None:
     torch_only = {**TINY_INFERENCE, "runtimes": ["torch"]}
     config = _config(tmp_path, texture_root, [STFPM_WITHOUT_WEIGHTS], inference=torch_only)

@@ -44,6 +44,7 @@ __all__ = [
     "random_timm_weights",
     "resolve_datamodule_class",
     "resolve_model_class",
+    "resolved_arguments",
 ]
 
 logger = logging.getLogger(__name__)
@@ -229,6 +230,18 @@ def check_arguments(target: type, arguments: Mapping[str, Any], where: str) -> N
             f"accepted arguments are {', '.join(parameters)}."
         )
         raise ValueError(msg)
+
+
+def resolved_arguments(target: type, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """Every constructor argument of ``target`` after its defaults, as plain JSON data (what a job's reuse compares)."""
+    from .records import jsonable
+
+    parameters = inspect.signature(target).parameters.items()
+    defaults = {name: parameter.default for name, parameter in parameters if parameter.default is not parameter.empty}
+    return {
+        "class_path": f"{target.__module__}.{target.__qualname__}",
+        "init_args": jsonable({**defaults, **arguments}),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- weights

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,14 @@ class PlannedJob:
         job: The job.
         weights_available: Whether the pretrained weights the model is configured with were found.
         weights: Where the weights come from, or what is missing.
+        settings: The resolved model and datamodule arguments (defaults applied) and the package versions; a finished
+            training is reused only when it stored the same.
     """
 
     job: JobSpec
     weights_available: bool
     weights: str
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def skipped(self) -> bool:
@@ -87,21 +90,38 @@ def plan_jobs(config: BenchmarkConfig, speed_only_without_weights: bool) -> list
     Raises:
         ValueError: If a class path is unknown or an argument name is not a constructor parameter.
     """
-    from .models import check_arguments, check_weights, resolve_datamodule_class, resolve_model_class
+    from .models import (
+        check_arguments,
+        check_weights,
+        resolve_datamodule_class,
+        resolve_model_class,
+        resolved_arguments,
+    )
+    from .records import environment
 
-    checks = {}
+    checks, model_classes, data_classes = {}, {}, {}
     for index, model in enumerate(config.models):
-        model_class = resolve_model_class(model.class_path, f"models[{index}]")
+        model_class = model_classes[model.name] = resolve_model_class(model.class_path, f"models[{index}]")
         check_arguments(model_class, model.init_args, f"models[{index}].init_args")
         checks[model.name] = check_weights(model_class, model.init_args, config.hf_cache)
     for index, data in enumerate(config.datamodules):
-        data_class = resolve_datamodule_class(data.class_path, f"datamodules[{index}]")
+        data_class = data_classes[data.name] = resolve_datamodule_class(data.class_path, f"datamodules[{index}]")
         check_arguments(data_class, data.init_args, f"datamodules[{index}].init_args")
         for model_index, model in enumerate(config.models):
             check_arguments(data_class, model.data, f"models[{model_index}].data")
     speed_only_of = {name: speed_only_without_weights and not check.available for name, check in checks.items()}
+    packages = environment()["packages"]
     return [
-        PlannedJob(job, checks[job.model.name].available, checks[job.model.name].description)
+        PlannedJob(
+            job,
+            checks[job.model.name].available,
+            checks[job.model.name].description,
+            {
+                "model": resolved_arguments(model_classes[job.model.name], job.model.init_args),
+                "datamodule": resolved_arguments(data_classes[job.data.name], job.data_init_args),
+                "packages": packages,
+            },
+        )
         for job in config.jobs(speed_only_of)
     ]
 
@@ -202,17 +222,17 @@ def _phases(config: BenchmarkConfig) -> list[tuple[str, str | None]]:
     return [("train", None), ("export", None)] + [("latency", runtime) for runtime in config.inference.runtimes]
 
 
-def phase_done(job_dir: Path, phase: str, runtime: str | None, config: BenchmarkConfig) -> bool:
+def phase_done(job_dir: Path, phase: str, runtime: str | None, config: BenchmarkConfig, planned: PlannedJob) -> bool:
     """Whether a phase's result is already in the job folder and still valid for the configuration."""
     result = read_json(job_dir / output_file(phase, runtime))
     if result is None:
         return False
+    if phase == "train":  # a default or a package version changed since: train again
+        return result.get("settings") == planned.settings
     if phase == "export":
         wanted = [runtime for runtime in config.inference.runtimes if runtime.startswith("openvino_")]
         return not result.get("errors") and all(runtime in result.get("runtimes", {}) for runtime in wanted)
-    if phase == "latency":
-        return result.get("settings") == settings_fingerprint(asdict(config.inference))
-    return True
+    return phase != "latency" or result.get("settings") == settings_fingerprint(asdict(config.inference))
 
 
 def job_description(planned: PlannedJob, config: BenchmarkConfig) -> dict[str, Any]:
@@ -222,6 +242,7 @@ def job_description(planned: PlannedJob, config: BenchmarkConfig) -> dict[str, A
         "mode": planned.mode,
         "weights": planned.weights if planned.weights_available else f"random: {planned.weights}",
         "inference": asdict(config.inference),
+        "settings": planned.settings,
     }
 
 
@@ -263,7 +284,7 @@ def run_job(
     job_dir = config.output / "jobs" / planned.job.folder_name
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "job.json").write_text(json.dumps(job_description(planned, config), indent=2, default=str) + "\n")
-    pending = [step for step in _phases(config) if not phase_done(job_dir, *step, config)]
+    pending = [step for step in _phases(config) if not phase_done(job_dir, *step, config, planned)]
     if not pending:
         progress.line(f"finished in an earlier run, skipped ({job_dir})")
         return JobOutcome(planned, "done", "", job_dir, reused=True)
@@ -318,7 +339,7 @@ def existing_outcome(planned: PlannedJob, config: BenchmarkConfig, reason: str =
     job_dir = config.output / "jobs" / planned.job.folder_name
     if planned.skipped:
         return JobOutcome(planned, "skipped", f"skipped: pretrained weights not available ({planned.weights})", job_dir)
-    if all(phase_done(job_dir, phase, runtime, config) for phase, runtime in _phases(config)):
+    if all(phase_done(job_dir, phase, runtime, config, planned) for phase, runtime in _phases(config)):
         return JobOutcome(planned, "done", "", job_dir, reused=True)
     errors = _failures(job_dir)
     if errors:

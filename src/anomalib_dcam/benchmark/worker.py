@@ -94,6 +94,7 @@ def run_train(job_dir: Path) -> dict[str, Any]:
         "train_images_per_s": monitor.images / monitor.seconds if monitor.seconds > 0 else None,
         "train_peak_rss_mb": peak_rss_mb(),  # the high-water mark so far: imports, data and training
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "settings": job["settings"],  # what a rerun compares before it reuses this training
         "metrics": None,
         "per_category": None,
         "test_s": None,
