@@ -278,8 +278,10 @@ def stage_measure(args: argparse.Namespace) -> None:
     name = args.precision
     run_dir = args.output / "runs" / name
     images = np.load(args.output / "test_images.npy")
-    measure = _measure_torch if name == EAGER else lambda *a: _measure_openvino(a[0], name, a[1])
-    predictions, measurement = measure(args, images)
+    if name == EAGER:
+        predictions, measurement = _measure_torch(args, images)
+    else:
+        predictions, measurement = _measure_openvino(args, name, images)
     run_dir.mkdir(parents=True, exist_ok=True)
     np.savez(run_dir / "predictions.tmp.npz", **predictions)
     (run_dir / "predictions.tmp.npz").replace(run_dir / "predictions.npz")
