@@ -366,7 +366,7 @@ def build_model(
     """Build a model for the benchmark.
 
     Every model gets a pre-processor at ``image_size`` (its own ``configure_pre_processor``, so each keeps its own
-    normalisation) and no visualizer (the benchmark draws its own heat maps), unless ``init_args`` sets them.
+    normalisation) and no visualizer (the benchmark saves no images), unless ``init_args`` sets them.
 
     Args:
         class_path: See :func:`resolve_model_class`.
