@@ -297,6 +297,8 @@ def test_results_have_every_column_and_value(benchmark_run: tuple[Path, int, str
     assert float(dcam["openvino_int8_size_mb"]) < float(dcam["openvino_fp32_size_mb"])
     assert int(dcam["epochs"]) == 1
     assert int(dcam["train_images_seen"]) == 8
+    assert int(dcam["threads"]) >= 1
+    assert json.loads(dcam["precision_hints"])["openvino_fp32"] == "f32"
     per_category = pd.read_csv(out / "per_category.csv")
     assert set(per_category.category) == {"brick", "mean", "global"}
     for figure in ("metrics.png", "latency_vs_accuracy.png", "latency.png"):

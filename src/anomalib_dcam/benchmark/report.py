@@ -58,6 +58,8 @@ RESULT_COLUMNS = (
     "params",
     "trainable_params",
     "throughput_batch_size",
+    "threads",
+    "precision_hints",
     *(f"{runtime}_{measure}" for runtime in RUNTIMES for measure in _RUNTIME_MEASURES),
     "message",
     "model_class",
@@ -113,6 +115,9 @@ def job_row(outcome: "JobOutcome", config: BenchmarkConfig) -> dict[str, Any]:
         latency = read_json(job_dir / output_file("latency", runtime)) or {}
         for measure in ("latency_ms", "throughput_ips", "peak_rss_mb"):
             row[f"{runtime}_{measure}"] = latency.get(measure)
+        row["threads"] = latency.get("threads", row["threads"])  # the same for every runtime of a job
+    if not is_missing(row["threads"]):
+        row["precision_hints"] = json.dumps(config.inference.precision_hints, sort_keys=True)
     return row
 
 
