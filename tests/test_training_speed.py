@@ -304,3 +304,40 @@ def test_channels_last_gives_the_same_loss_and_leaves_plain_tensors_after_fit(
 def test_bad_speed_options_name_the_option(options: dict, option: str) -> None:
     with pytest.raises(ValueError, match=option):
         Dcam(pre_trained=False, **options)
+
+
+@pytest.mark.slow
+def test_train_speed_script_records_the_package_timing(
+    texture_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``benchmarks/train_speed.py``'s worker times with ``TrainingMonitor`` and writes the record's fields."""
+    import argparse
+    import json
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import train_speed
+
+    result = tmp_path / "resnet18" / "dcam_config.json"
+    args = argparse.Namespace(
+        backbone="resnet18",
+        setting="dcam_config",
+        result=result,
+        run_dir=tmp_path / "run",
+        root=texture_root,
+        categories=["brick"],
+        images=8,
+        val_images=2,
+        epochs=2,
+    )
+    train_speed.worker(args)
+    record = json.loads(result.read_text())
+    assert record["settings"]["setting"] == "dcam_config"
+    results = record["results"]
+    images = [epoch["images"] for epoch in results["epochs"]]
+    assert images == [images[0]] * 2  # the training images left after the held-out split, every epoch
+    assert all(epoch["val_images"] > 0 for epoch in results["epochs"])
+    assert all(epoch["step_parts_s"] is not None for epoch in results["epochs"])
+    for field in ("train_img_s", "first_epoch_img_s", "val_img_s", "startup_s", "peak_rss_gb"):
+        assert results[field] > 0, field
+    assert list(results["step_split"]) == [*train_speed.STEP_PARTS, "data_wait", "other"]
+    assert results["teacher_cache"]["hits"] == images[0]  # the second epoch read every teacher feature from the cache
