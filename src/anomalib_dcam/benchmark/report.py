@@ -41,35 +41,14 @@ RUNTIME_LABELS = {
     "openvino_int8": "OpenVINO INT8",
 }
 _RUNTIME_MEASURES = ("size_mb", "latency_ms", "throughput_ips", "peak_rss_mb")
+# One line per group: the job, training, model size and timing settings, timings per runtime, what ran.
 RESULT_COLUMNS = (
-    "model",
-    "data",
-    "seed",
-    "status",
-    "mode",
-    "weights",
-    *QUALITY_METRICS,
-    "epochs",
-    "train_images_seen",
-    "fit_s",
-    "train_images_per_s",
-    "train_peak_rss_mb",
-    "test_s",
-    "params",
-    "trainable_params",
-    "throughput_batch_size",
-    "threads",
-    "precision_hints",
+    "model", "data", "seed", "status", "mode", "weights", *QUALITY_METRICS,
+    "epochs", "train_images_seen", "fit_s", "train_images_per_s", "train_peak_rss_mb", "test_s",
+    "params", "trainable_params", "throughput_batch_size", "threads", "precision_hints",
     *(f"{runtime}_{measure}" for runtime in RUNTIMES for measure in _RUNTIME_MEASURES),
-    "message",
-    "model_class",
-    "model_args",
-    "data_class",
-    "data_args",
-    "trainer",
-    "job_key",
-    "job_dir",
-)
+    "message", "model_class", "model_args", "data_class", "data_args", "trainer", "job_key", "job_dir",
+)  # fmt: skip
 """Columns of ``results.csv``, one row per job; empty where a value was not measured."""
 
 PER_CATEGORY_COLUMNS = ("model", "data", "seed", "category", "images", "anomalous_images", *QUALITY_METRICS, "job_key")
