@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dcam_vs_stfpm import ATTENTION_DEFAULTS, FORMER_DEFAULTS
+from runs import ATTENTION_DEFAULTS, FORMER_DEFAULTS
 
 from anomalib_dcam.benchmark.report import mean_std
 

@@ -34,7 +34,7 @@ import os
 import statistics
 from pathlib import Path
 
-from dcam_vs_stfpm import build_model
+from runs import build_model
 
 LEVELS = 3
 READOUTS = (

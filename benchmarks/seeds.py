@@ -3,8 +3,8 @@
 
 """Multi-seed summary of ``benchmarks/unified.py`` runs: mean ± std over seeds and the per-seed paired difference.
 
-Reads the rows that ``unified.py`` records (``benchmarks/records/unified/`` by default), so runs trained in different
-working sessions are summarised together; nothing is trained here. A row is ``<run>:<setting>[@<speed>]`` (speed
+Reads the rows that ``unified.py`` records (``benchmarks/records/unified/`` by default), so runs trained on different
+days are summarised together; nothing is trained here. A row is ``<run>:<setting>[@<speed>]`` (speed
 profile ``fast`` when omitted), e.g. ``dcam:unified@reference``. Every row is compared seed by seed with ``--baseline``:
 the paired difference removes what the seed moves both rows by (same data split, same held-out images).
 
@@ -15,11 +15,11 @@ Example:
 
 import argparse
 import json
-import math
-import statistics
 from pathlib import Path
 
-from unified import METRICS, record_rows, run_folder
+from unified import record_rows, run_folder
+
+from anomalib_dcam.benchmark.report import QUALITY_METRICS, mean_std
 
 
 def parse_row(spec: str) -> tuple[str, str]:
@@ -41,19 +41,6 @@ def load(
     if not path.is_file():
         return None
     return {row["category"]: row for row in record_rows(json.loads(path.read_text()))}
-
-
-def mean_std(values: list[float], signed: bool = False) -> str:
-    """``mean ± std`` (sample std; ``± -`` for one value); ``signed`` writes the mean's sign (a difference).
-
-    Undefined values (pixel metrics of a category with image labels only) are left out.
-    """
-    values = [value for value in values if value is not None and not math.isnan(value)]
-    if not values:
-        return "-"
-    spread = f"{statistics.stdev(values):.3f}" if len(values) > 1 else "-"
-    mean = f"{statistics.fmean(values):+.3f}" if signed else f"{statistics.fmean(values):.3f}"
-    return f"{mean} ± {spread}"
 
 
 def main() -> None:
@@ -92,7 +79,7 @@ def main() -> None:
             print(f"note: {spec} has no record for seed(s) {missing}; its cells use the other seeds")
 
     print(f"\n{'+'.join(args.categories)}, {args.epochs} epochs, seeds {args.seeds}")
-    for metric in METRICS:
+    for metric in QUALITY_METRICS:
         print(f"\n{metric}: mean ± std over seeds (n seeds)\n")
         print("| row | n | " + " | ".join(columns) + " |")
         print("|---" * (len(columns) + 2) + "|")

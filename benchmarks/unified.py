@@ -4,8 +4,10 @@
 """One model for several categories against one model per category, with per-category metrics.
 
 Every run uses the same backbone (``tf_efficientnet_lite0`` with the offline ImageNet weights), image size (256 px),
-epochs and seed, the DCAM paper's model selection (a seeded 20 % of the pooled training normals held out; the epoch
-with the lowest mean anomaly score on them is kept) and :class:`anomalib_dcam.callbacks.PerCategoryMetrics`.
+epochs and seed, and :class:`anomalib_dcam.callbacks.PerCategoryMetrics`. ``--selection held_out`` (the default) is
+the DCAM paper's model selection: a seeded 20 % of the pooled training normals held out, the epoch with the lowest mean
+anomaly score on them kept. ``--selection last_epoch`` trains on every training normal and tests the model after the
+last epoch (the protocol of the 2026-11-21 one-class bottle table in docs/results.md).
 
 - ``unified`` runs train one model on all ``--categories`` together;
 - ``one_class`` runs train one model per category (the classic anomalib setting) and pool the rows.
@@ -16,13 +18,13 @@ mixed precision. ``--speed reference`` trains in float32, recomputing the teache
 accuracy reference of those settings).
 
 Each run writes ``per_category_metrics.{csv,json}`` and the per-image scores (written before any metric) into
-``<output>/<data>_e<epochs>_s<seed>[_<speed>]/<run>/``, and a record into ``<records>/`` with the same layout: a small
-JSON file kept with the code (:mod:`anomalib_dcam.benchmark.records`) holding the fully resolved settings (model,
-post-processor, datamodule and trainer arguments after defaults, seed, report options, package versions), the commit
-and dirty flag, and the per-category rows, so that a multi-seed comparison can span several working sessions
-(``benchmarks/seeds.py`` summarises them). A run is skipped on a rerun only when its record holds exactly the same
-settings; after a default changes, a run named after the defaults is trained again. ``--runs`` takes the names of
-``RUNS`` in ``dcam_vs_stfpm.py`` (the ablation variants of Dcam included), each with the suffix ``:unified`` or
+``<output>/<data>_e<epochs>_s<seed>[_<speed>][_last_epoch]/<run>/``, and a record into ``<records>/`` with the same
+layout: a small JSON file kept with the code (:mod:`anomalib_dcam.benchmark.records`) holding the fully resolved
+settings (model, post-processor, datamodule and trainer arguments after defaults, seed, report options, package
+versions), the commit and dirty flag, and the per-category rows, so that a multi-seed comparison can span runs made on
+different days (``benchmarks/seeds.py`` summarises them). A run is skipped on a rerun only when its record holds exactly
+the same settings; after a default changes, a run named after the defaults is trained again. ``--runs`` takes the
+names of ``RUNS`` in ``runs.py`` (the ablation variants of Dcam included), each with the suffix ``:unified`` or
 ``:one_class``.
 
 Example:
@@ -31,23 +33,13 @@ Example:
 """
 
 import argparse
-import math
 import os
 import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dcam_vs_stfpm import BACKBONE, RUNS, build_model
-
-METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Max")
-
-
-def nan_mean(values: list[float | None]) -> float:
-    """Mean of the defined values (pixel metrics are undefined for categories with image labels only)."""
-    defined = [value for value in values if value is not None and not math.isnan(value)]
-    return sum(defined) / len(defined) if defined else math.nan
-
+from runs import BACKBONE, RUNS, build_model
 
 # Trainer, data-loader and Dcam settings of each --speed profile. "fast" matches the configs' defaults
 # (docs/training_speed.md); "bf16" adds bf16 mixed precision; "reference" is float32, teacher recomputed, 2 workers.
@@ -58,14 +50,32 @@ SPEED_PROFILES: dict[str, dict] = {
 }
 
 
-def run_folder(categories: list[str], epochs: int, seed: int, speed: str, of_epochs: int | None = None) -> str:
-    """Name of the folder of one (data, epochs, seed, speed profile) combination.
+def run_folder(
+    categories: list[str],
+    epochs: int,
+    seed: int,
+    speed: str,
+    of_epochs: int | None = None,
+    selection: str = "held_out",
+) -> str:
+    """Name of the folder of one (data, epochs, seed, speed profile, model selection) combination.
 
     ``of_epochs`` names a milestone of a longer run: the model selected over its first ``epochs`` epochs.
     """
-    suffix = "" if speed == "fast" else f"_{speed}"
+    suffix = ("" if speed == "fast" else f"_{speed}") + ("" if selection == "held_out" else f"_{selection}")
     longer = "" if of_epochs is None else f"of{of_epochs}"
     return f"{'+'.join(categories)}_e{epochs}{longer}_s{seed}{suffix}"
+
+
+# Model selection of --selection: the datamodule's validation split and what the record says about it.
+SELECTIONS: dict[str, tuple[dict, str]] = {
+    "held_out": (
+        {"val_split_mode": "from_train", "val_split_ratio": 0.2},
+        "HeldOutNormalCheckpoint (lowest mean score on the held-out 20 % of training normals)",
+    ),
+    # Validation on the test set only feeds anomalib's own checkpoint; nothing is selected on it.
+    "last_epoch": ({"val_split_mode": "same_as_test"}, "last epoch (all training normals; validation = test set)"),
+}
 
 
 def build_run(
@@ -76,6 +86,7 @@ def build_run(
     seed: int,
     speed: str,
     global_pixel_metrics: bool,
+    selection: str = "held_out",
 ) -> tuple[object, object, dict, dict]:
     """Build one run's model and datamodule (after seeding) and the resolved settings that decide its result."""
     from lightning.pytorch import seed_everything
@@ -85,15 +96,15 @@ def build_run(
 
     seed_everything(seed, workers=True)
     profile = SPEED_PROFILES[speed]
+    split, model_selection = SELECTIONS[selection]
     datamodule = MultiClassMVTec(
         root=root,
         categories=categories,
         train_batch_size=32,
         eval_batch_size=32,
         num_workers=profile["num_workers"],
-        val_split_mode="from_train",
-        val_split_ratio=0.2,
         seed=seed,
+        **split,
     )
     trainer = {"max_epochs": epochs, "accelerator": "cpu", "devices": 1, "precision": profile["precision"]}
     model = build_model(run, dcam_options=profile["dcam"])
@@ -104,7 +115,7 @@ def build_run(
         seed,
         run=run,
         speed=speed,
-        model_selection="HeldOutNormalCheckpoint (lowest mean score on the held-out 20 % of training normals)",
+        model_selection=model_selection,
         report={"callback": "PerCategoryMetrics", "global_pixel_metrics": global_pixel_metrics},
     )
     return model, datamodule, trainer, settings
@@ -117,8 +128,9 @@ def train_and_test(
     run_dir: Path,
     global_pixel_metrics: bool,
     milestones: tuple[int, ...] = (),
+    selection: str = "held_out",
 ) -> dict[int, list[dict]]:
-    """Train a built run, test the selected checkpoint and return its per-category rows.
+    """Train a built run, test the selected model (see ``SELECTIONS``) and return its per-category rows.
 
     The per-image scores are written (``per_category_metrics_scores.csv``) before any metric is computed. With
     ``milestones``, the model selected over the first ``m`` epochs of each milestone is tested too (into
@@ -134,7 +146,9 @@ def train_and_test(
 
     report = PerCategoryMetrics(output_dir=run_dir, global_pixel_metrics=global_pixel_metrics, save_scores=True)
     checkpoint = HeldOutNormalCheckpoint(milestones=milestones)
-    engine = Engine(**trainer, default_root_dir=run_dir, logger=False, callbacks=[checkpoint, report])
+    # Without it, anomalib's own checkpoint keeps the last epoch, and the model in memory is tested.
+    callbacks = [checkpoint, report] if selection == "held_out" else [report]
+    engine = Engine(**trainer, default_root_dir=run_dir, logger=False, callbacks=callbacks)
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     fit_seconds = round(time.perf_counter() - start, 1)
@@ -164,6 +178,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", nargs="+", default=["dcam:unified", "stfpm_lr0.1:unified", "stfpm_lr0.1:one_class"])
     parser.add_argument("--speed", choices=sorted(SPEED_PROFILES), default="fast")
+    parser.add_argument("--selection", choices=sorted(SELECTIONS), default="held_out")
     parser.add_argument("--output", type=Path, default=Path("results/unified"))
     parser.add_argument("--records", type=Path, default=Path(__file__).parent / "records" / "unified")
     parser.add_argument(
@@ -185,17 +200,20 @@ def main() -> None:
         parser.error(f"--milestones {list(milestones)}: each must be between 1 and --epochs - 1 ({args.epochs - 1})")
     if milestones and any(not spec.endswith(":unified") for spec in args.runs):
         parser.error("--milestones applies to unified runs only; give <run>:unified runs")
+    if milestones and args.selection != "held_out":
+        parser.error("--milestones tests the held-out selection; leave --selection at held_out")
     for spec in args.runs:
         name, _, setting = spec.partition(":")
         if name not in RUNS or setting not in {"unified", "one_class"}:
             parser.error(f"--runs {spec!r}: expected <run>:unified or <run>:one_class with <run> in {sorted(RUNS)}")
 
-    folder = run_folder(args.categories, args.epochs, args.seed, args.speed)
+    folder = run_folder(args.categories, args.epochs, args.seed, args.speed, selection=args.selection)
     output, records = args.output / folder, args.records / folder
     cache = args.output / "hf-cache"
     os.environ["HF_HUB_CACHE"] = str(cache.resolve())  # before huggingface_hub is imported
     os.environ["HF_HUB_OFFLINE"] = "1"
     from anomalib_dcam.benchmark.records import load_matching, write_record
+    from anomalib_dcam.benchmark.report import QUALITY_METRICS, column_mean
     from anomalib_dcam.weights import install_hf_cache
 
     install_hf_cache(cache)
@@ -207,7 +225,9 @@ def main() -> None:
         record_path = records / f"{name}_{setting}.json"
         groups = [args.categories] if setting == "unified" else [[category] for category in args.categories]
         built = [
-            build_run(name, group, args.root, args.epochs, args.seed, args.speed, args.global_pixel_metrics)
+            build_run(
+                name, group, args.root, args.epochs, args.seed, args.speed, args.global_pixel_metrics, args.selection
+            )
             for group in groups
         ]
         settings = {"setting": setting, "runs": [settings for *_, settings in built]}
@@ -231,20 +251,25 @@ def main() -> None:
         rows = []
         for group, (model, datamodule, trainer, _) in zip(groups, built, strict=True):
             folder = run_dir if setting == "unified" else run_dir / group[0]
-            results = train_and_test(model, datamodule, trainer, folder, args.global_pixel_metrics, milestones)
+            results = train_and_test(
+                model, datamodule, trainer, folder, args.global_pixel_metrics, milestones, args.selection
+            )
             for epochs, (milestone_folder, wanted) in milestone_records.items():
                 write_record(milestone_folder / f"{name}_{setting}.json", wanted, results[epochs])
             group_rows = results[args.epochs]
             rows += group_rows if setting == "unified" else [row for row in group_rows if row["category"] == group[0]]
         if setting == "one_class":
-            means = {metric: nan_mean([row[metric] for row in rows]) for metric in METRICS}
+            means = {metric: column_mean(rows, metric) for metric in QUALITY_METRICS}
             rows.append({"category": "mean", **means, "fit_seconds": sum(row["fit_seconds"] for row in rows)})
         write_record(record_path, settings, rows)
         table[spec] = rows
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    print(f"\n{BACKBONE}, 256 px, {args.epochs} epochs, seed {args.seed}, {args.speed}, {platform.node()}, {stamp}")
-    for metric in METRICS:
+    print(
+        f"\n{BACKBONE}, 256 px, {args.epochs} epochs, seed {args.seed}, {args.speed}, {args.selection}, "
+        f"{platform.node()}, {stamp}"
+    )
+    for metric in QUALITY_METRICS:
         print(f"\n{metric}\n\n| run | " + " | ".join([*args.categories, "mean"]) + " |")
         print("|---" * (len(args.categories) + 2) + "|")
         for spec, rows in table.items():

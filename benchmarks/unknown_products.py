@@ -26,7 +26,7 @@ import argparse
 import os
 from pathlib import Path
 
-from dcam_vs_stfpm import BACKBONE, PYRAMID
+from runs import BACKBONE, PYRAMID
 
 
 def teacher_features(root: Path, categories: list[str], seed: int, output: Path) -> dict:

@@ -12,7 +12,7 @@ import json
 import math
 import platform
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ from .worker import output_file, read_json
 if TYPE_CHECKING:
     from .runner import JobOutcome
 
-__all__ = ["QUALITY_METRICS", "RESULT_COLUMNS", "job_row", "mean_std", "write_report"]
+__all__ = ["QUALITY_METRICS", "RESULT_COLUMNS", "column_mean", "job_row", "mean_std", "write_report"]
 
 QUALITY_METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Max")
 """Quality columns: from :class:`anomalib_dcam.callbacks.PerCategoryMetrics`, mean over the datamodule's categories."""
@@ -281,8 +281,8 @@ def _grouped(rows: Sequence[dict[str, Any]], key: str) -> dict[str, list[dict[st
     return groups
 
 
-def _mean(rows: Sequence[dict[str, Any]], column: str) -> float:
-    """Mean of a column's defined values; NaN when there is none."""
+def column_mean(rows: Sequence[Mapping[str, Any]], column: str) -> float:
+    """Mean of a column's defined values (pixel metrics are undefined without masks); NaN when there is none."""
     values = [row[column] for row in rows if not is_missing(row[column])]
     return statistics.mean(values) if values else math.nan
 
@@ -300,7 +300,7 @@ def _metric_bars(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     for axis, (data, data_rows) in zip(axes, by_data.items(), strict=True):
         for model_index, model in enumerate(models):
             group = [row for row in data_rows if row["model"] == model]
-            means = [_mean(group, metric) for metric in QUALITY_METRICS]
+            means = [column_mean(group, metric) for metric in QUALITY_METRICS]
             values = [[row[metric] for row in group if not is_missing(row[metric])] for metric in QUALITY_METRICS]
             errors = [statistics.stdev(found) if len(found) > 1 else 0.0 for found in values]
             positions = np.arange(len(QUALITY_METRICS)) + (model_index - (len(models) - 1) / 2) * width
@@ -337,9 +337,9 @@ def _latency_vs_accuracy(rows: Sequence[dict[str, Any]], runtimes: Sequence[str]
             group = [row for row in data_rows if row["model"] == model]
             if not group:
                 continue
-            accuracy = _mean(group, "image_AUROC")
+            accuracy = column_mean(group, "image_AUROC")
             for runtime in runtimes:
-                if not math.isnan(latency := _mean(group, f"{runtime}_latency_ms")):
+                if not math.isnan(latency := column_mean(group, f"{runtime}_latency_ms")):
                     axis.scatter(
                         latency,
                         accuracy,
@@ -397,7 +397,7 @@ def _latency_bars(rows: Sequence[dict[str, Any]], runtimes: Sequence[str], batch
         (axes[1], "throughput_ips", f"throughput at batch {batch_size} (images/s, log scale, higher is better)"),
     ):
         for runtime_index, runtime in enumerate(runtimes):
-            values = [_mean(group, f"{runtime}_{measure}") for group in by_model.values()]
+            values = [column_mean(group, f"{runtime}_{measure}") for group in by_model.values()]
             positions = np.arange(len(by_model)) + (runtime_index - (len(runtimes) - 1) / 2) * height
             bars = axis.barh(positions, values, height, label=RUNTIME_LABELS[runtime])
             axis.bar_label(bars, labels=["" if math.isnan(v) else f"{v:.1f}" for v in values], fontsize=7, padding=2)

