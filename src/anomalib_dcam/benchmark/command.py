@@ -13,6 +13,10 @@ import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import BenchmarkConfig
 
 __all__ = ["main"]
 
@@ -49,13 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _list_jobs(config: object, speed_only: bool) -> int:
+def _list_jobs(config: "BenchmarkConfig", speed_only: bool | None) -> int:
     from .runner import existing_outcome, plan_jobs, prepare_weights
 
-    prepare_weights(config)  # type: ignore[arg-type]  # the list then shows the weights the run will find
-    planned_jobs = plan_jobs(config, speed_only)  # type: ignore[arg-type]
-    for index, planned in enumerate(planned_jobs, start=1):
-        outcome = existing_outcome(planned, config)  # type: ignore[arg-type]
+    prepare_weights(config)  # the list then shows the weights the run will find
+    for index, planned in enumerate(plan_jobs(config, speed_only), start=1):
+        outcome = existing_outcome(planned, config)
         print(f"[{index}] {planned.job.name}  key {planned.job.key}  {outcome.status}")
         print(f"      mode: {planned.mode}; weights: {planned.weights}")
         if outcome.message and outcome.status != "pending":
@@ -63,12 +66,12 @@ def _list_jobs(config: object, speed_only: bool) -> int:
     return 0
 
 
-def _report_only(config: object, speed_only: bool) -> int:
+def _report_only(config: "BenchmarkConfig", speed_only: bool | None) -> int:
     from .report import write_report
     from .runner import existing_outcome, plan_jobs
 
-    outcomes = [existing_outcome(planned, config) for planned in plan_jobs(config, speed_only)]  # type: ignore[arg-type]
-    for path in write_report(config, outcomes):  # type: ignore[arg-type]
+    outcomes = [existing_outcome(planned, config) for planned in plan_jobs(config, speed_only)]
+    for path in write_report(config, outcomes):
         print(path)
     return 0
 
@@ -89,11 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, args.output)
     except ConfigError as error:
         parser.error(str(error))
-    speed_only = (
-        config.speed_only_without_weights
-        if args.speed_only_without_weights is None
-        else args.speed_only_without_weights
-    )
+    speed_only = args.speed_only_without_weights  # None: the configuration's
     try:
         if args.list:
             return _list_jobs(config, speed_only)

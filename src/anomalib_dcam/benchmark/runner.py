@@ -77,12 +77,13 @@ class JobOutcome:
     reused: bool = False
 
 
-def plan_jobs(config: BenchmarkConfig, speed_only_without_weights: bool) -> list[PlannedJob]:
+def plan_jobs(config: BenchmarkConfig, speed_only_without_weights: bool | None = None) -> list[PlannedJob]:
     """Check every model and datamodule entry, look for each model's weights and expand the grid.
 
     Args:
         config: The configuration.
-        speed_only_without_weights: Run models whose weights are missing with random weights, as speed-only rows.
+        speed_only_without_weights: Run models whose weights are missing with random weights, as speed-only rows;
+            ``None`` for the configuration's ``speed_only_without_weights``.
 
     Returns:
         The jobs, models x datamodules x seeds.
@@ -109,6 +110,8 @@ def plan_jobs(config: BenchmarkConfig, speed_only_without_weights: bool) -> list
         check_arguments(data_class, data.init_args, f"datamodules[{index}].init_args")
         for model_index, model in enumerate(config.models):
             check_arguments(data_class, model.data, f"models[{model_index}].data")
+    if speed_only_without_weights is None:
+        speed_only_without_weights = config.speed_only_without_weights
     speed_only_of = {name: speed_only_without_weights and not check.available for name, check in checks.items()}
     packages = environment()["packages"]
     return [
@@ -338,7 +341,8 @@ def existing_outcome(planned: PlannedJob, config: BenchmarkConfig, reason: str =
     """
     job_dir = config.output / "jobs" / planned.job.folder_name
     if planned.skipped:
-        return JobOutcome(planned, "skipped", f"skipped: pretrained weights not available ({planned.weights})", job_dir)
+        message = f"skipped: pretrained weights not available ({planned.weights}); no quality is reported"
+        return JobOutcome(planned, "skipped", message, job_dir)
     if all(phase_done(job_dir, phase, runtime, config, planned) for phase, runtime in _phases(config)):
         return JobOutcome(planned, "done", "", job_dir, reused=True)
     errors = _failures(job_dir)
@@ -381,9 +385,6 @@ def run_benchmark(
     from .report import write_report
 
     write = write or (lambda line: print(line, flush=True))
-    if speed_only_without_weights is None:
-        speed_only_without_weights = config.speed_only_without_weights
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     prepare_weights(config)
     planned_jobs = plan_jobs(config, speed_only_without_weights)
     selected = [planned for planned in planned_jobs if not only or any(text in planned.job.name for text in only)]
@@ -395,12 +396,10 @@ def run_benchmark(
     environment = _worker_environment(config)
     outcomes = []
     for index, planned in enumerate(planned_jobs, start=1):
-        job_dir = config.output / "jobs" / planned.job.folder_name
         progress.start_job(index, planned.job.name)
         if planned.skipped:
-            message = f"skipped: pretrained weights not available ({planned.weights}); no quality is reported"
-            progress.line(message + ". Pass --speed-only-without-weights for a speed-only row.")
-            outcomes.append(JobOutcome(planned, "skipped", message, job_dir))
+            outcomes.append(existing_outcome(planned, config))
+            progress.line(outcomes[-1].message + ". Pass --speed-only-without-weights for a speed-only row.")
         elif planned not in selected:
             outcomes.append(existing_outcome(planned, config, "not selected by --only"))
         else:

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .timing import available_cpus, compile_request, cpu_name, latency_stats, peak_rss_mb, time_calls, torch_callable
+from .timing import available_cpus, compile_request, latency_stats, peak_rss_mb, time_calls, torch_callable
 
-__all__ = ["cpu_name", "main", "peak_rss_mb", "read_json"]
+__all__ = ["main", "read_json"]
 
 PHASE_MARKER = "@@phase"
 TORCH_EXPORT = Path("export") / "weights" / "torch" / "model.pt"
