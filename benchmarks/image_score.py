@@ -35,6 +35,7 @@ import statistics
 from pathlib import Path
 
 from runs import build_model
+from unified import run_folder
 
 LEVELS = 3
 READOUTS = (
@@ -166,6 +167,7 @@ def main() -> None:
     os.environ["HF_HUB_CACHE"] = str(cache.resolve())  # before huggingface_hub is imported
     os.environ["HF_HUB_OFFLINE"] = "1"
     from anomalib_dcam.benchmark.records import load_matching, write_record
+    from anomalib_dcam.benchmark.report import mean_std
     from anomalib_dcam.weights import install_hf_cache
 
     install_hf_cache(cache)
@@ -173,7 +175,7 @@ def main() -> None:
     results: dict[str, dict[int, dict]] = {}
     for run in args.runs:
         for seed in args.seeds:
-            folder = f"{'+'.join(args.categories)}_e{args.epochs}_s{seed}"
+            folder = run_folder(args.categories, args.epochs, seed, speed="fast")
             model_record = args.unified_records / folder / f"{run}_unified.json"
             trained = json.loads(model_record.read_text()) if model_record.is_file() else None
             settings = {
@@ -212,11 +214,7 @@ def main() -> None:
             print("| readout | " + " | ".join(groups) + " | paired Δ mean vs max (per seed) |")
             print("|---" * (len(groups) + 2) + "|")
             for readout in READOUTS:
-                cells = []
-                for group in groups:
-                    values = [seeds[s][readout][group][metric] for s in sorted(seeds)]
-                    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-                    cells.append(f"{statistics.fmean(values):.3f} ± {spread:.3f}")
+                cells = [mean_std([seeds[s][readout][group][metric] for s in sorted(seeds)]) for group in groups]
                 deltas = [
                     100 * (seeds[s][readout]["mean"][metric] - seeds[s]["max"]["mean"][metric]) for s in sorted(seeds)
                 ]
