@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomalib_dcam.benchmark import timing
+from anomalib_dcam.benchmark.records import write_json
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,14 +49,6 @@ QAT = "ov_int8_qat"  # prefix: ``ov_int8_qat_<label>`` for ``--qat-ir <label>=<x
 ALL_PRECISIONS = [EAGER, *EXPORTS]
 METRICS = ("image_AUROC", "pixel_AUROC", "AUPRO")
 TIMING_IMAGES = 16  # the latency loop cycles over this many test images
-
-
-def write_json(path: Path, data: object) -> None:
-    """Write JSON atomically, so that an interrupted run never leaves a half-written result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(data, indent=2))
-    temporary.replace(path)
 
 
 def ir_path(output: Path, name: str, qat_irs: dict[str, Path] | None = None) -> Path:

@@ -28,6 +28,7 @@ import enum
 import inspect
 import json
 import logging
+import os
 import platform
 import subprocess
 from collections.abc import Mapping
@@ -46,6 +47,7 @@ __all__ = [
     "provenance",
     "run_settings",
     "settings_difference",
+    "write_json",
     "write_record",
 ]
 
@@ -195,12 +197,19 @@ def make_record(settings: Mapping[str, Any], results: Any, **extra: Any) -> dict
     return {"settings": jsonable(settings), "provenance": provenance(), **jsonable(extra), "results": jsonable(results)}
 
 
+def write_json(path: str | Path, content: Any) -> None:
+    """Write ``content`` as indented JSON, folders created, atomically: a half-written file never looks finished."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".tmp{os.getpid()}")
+    temporary.write_text(json.dumps(content, indent=2, default=str) + "\n")
+    temporary.replace(path)
+
+
 def write_record(path: str | Path, settings: Mapping[str, Any], results: Any, **extra: Any) -> dict[str, Any]:
     """Write :func:`make_record` to ``path`` (folders created) and return it."""
     record = make_record(settings, results, **extra)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(path, record)
     return record
 
 

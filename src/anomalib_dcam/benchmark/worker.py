@@ -18,7 +18,6 @@ Lines starting with ``@@phase`` on standard output report progress to the parent
 """
 
 import json
-import os
 import sys
 import time
 import traceback
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .records import write_json
 from .timing import available_cpus, compile_request, latency_stats, peak_rss_mb, time_calls, torch_callable
 
 __all__ = ["main", "read_json"]
@@ -47,12 +47,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    temporary = path.with_suffix(f".tmp{os.getpid()}")
-    temporary.write_text(json.dumps(content, indent=2, default=str) + "\n")
-    temporary.replace(path)  # atomic: a half-written file never looks finished
 
 
 def _size_mb(*paths: Path) -> float:
@@ -232,9 +226,9 @@ def _run_phase(job_dir: Path, phase: str, runtime: str | None) -> bool:
     except Exception as error:  # noqa: BLE001  # reported to the parent, which names the job
         traceback.print_exc()
         failure = {"phase": phase, "runtime": runtime, "error": f"{type(error).__name__}: {error}"}
-        _write_json(job_dir / error_file(phase, runtime), failure)
+        write_json(job_dir / error_file(phase, runtime), failure)
         return False
-    _write_json(job_dir / output_file(phase, runtime), result)
+    write_json(job_dir / output_file(phase, runtime), result)
     return True
 
 
