@@ -792,3 +792,101 @@ def test_the_category_output_is_hidden_and_exposed_again(unified_exports: dict[s
     assert len(model.outputs) == 4
     assert expose_category_output(model)
     assert not hide_category_result(ov.Core().read_model(str(unified_exports["openvino"])))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# INT8 exports: the unknown-product limits re-fitted on the quantized teacher's features
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _unknown_share(xml_path: Path, images: list[torch.Tensor]) -> float:
+    """Share of ``images`` that the IR flags as an unknown product."""
+    from anomalib_dcam.deploy import OpenVINOModel
+
+    ir_model = OpenVINOModel(xml_path, visualizer=False).model
+    return float(np.mean([int(ir_model(image).pred_category) == UNKNOWN_CATEGORY for image in images]))
+
+
+def _limits_read_by_recognition(xml_path: Path) -> np.ndarray:
+    """The constant that recognition compares distances with: gathered per image, then fed to ``Greater``."""
+    import openvino as ov
+
+    limits = []
+    for node in ov.Core().read_model(str(xml_path)).get_ordered_ops():
+        if node.get_type_name() != "Constant" or len(node.get_output_shape(0)) != 1:
+            continue
+        for gather in (target.get_node() for target in node.output(0).get_target_inputs()):
+            consumers = [target.get_node().get_type_name() for target in gather.output(0).get_target_inputs()]
+            if gather.get_type_name().startswith("Gather") and consumers == ["Greater"]:
+                limits.append(np.asarray(node.get_data(), dtype=np.float32))
+    assert len(limits) == 1
+    return limits[0]
+
+
+def test_int8_export_refits_the_unknown_limits_on_quantized_features(
+    trained: tuple[Dcam, Path],
+    products: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import openvino as ov
+
+    from anomalib_dcam.data.multiclass import categories_by_image_path
+    from anomalib_dcam.deploy import NormalsCalibration, export_openvino
+    from anomalib_dcam.deploy.recognition_limits import read_refitted_limits
+
+    model = copy.deepcopy(trained[0]).eval()
+    float_limits = model.post_processor.recognizer.distance_limits.numpy().copy()
+    datamodule = _datamodule(products, ["plate", "stripes"])
+    datamodule.setup()
+    fp32_xml = export_openvino(model, tmp_path / "fp32", input_size=(64, 64))
+    with caplog.at_level("INFO", logger="anomalib_dcam.deploy.recognition_limits"):
+        int8_xml = export_openvino(
+            model, tmp_path / "int8", (64, 64), "INT8_PTQ", datamodule=NormalsCalibration(datamodule)
+        )
+    # FP32 exports are unchanged: the training limits, nothing re-fitted.
+    assert np.array_equal(_limits_read_by_recognition(fp32_xml), float_limits)
+    assert read_refitted_limits(ov.Core().read_model(str(fp32_xml))) == {}
+    # The INT8 IR compares with the re-fitted limits it records, and the log names the old and the new ones.
+    report = read_refitted_limits(ov.Core().read_model(str(int8_xml)))
+    assert list(report) == ["plate", "stripes"]
+    refitted = np.array([report[name]["limit"] for name in ("plate", "stripes")], dtype=np.float32)
+    assert np.array_equal(_limits_read_by_recognition(int8_xml), refitted)
+    assert [report[name]["float_limit"] for name in ("plate", "stripes")] == pytest.approx(float_limits.tolist())
+    assert not np.array_equal(refitted, float_limits)
+    category_of = categories_by_image_path(datamodule.train_data)  # every training normal, with its product
+    assert [report[name]["images"] for name in ("plate", "stripes")] == [
+        list(category_of.values()).count(name) for name in ("plate", "stripes")
+    ]
+    for name in ("plate", "stripes"):
+        assert any(f"INT8 unknown-product limit of {name}" in message for message in caplog.messages)
+    # Known normals: the training normals the limits were re-fitted on and the normal test images (held out). The
+    # re-fitted INT8 model flags them no more often than the FP32 model and the stated rate (the tail rule sets each
+    # limit at or above its largest normal distance for so few normals, so none of the training normals).
+    resize = Resize((64, 64), antialias=True)
+    train_normals = [
+        resize(torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255)
+        for path in sorted(category_of)
+    ]
+    assert _unknown_share(int8_xml, train_normals) == 0.0
+    test_normals = [image for category in ("plate", "stripes") for image in _images(products, category)[:3]]
+    assert _unknown_share(int8_xml, test_normals) <= max(_unknown_share(fp32_xml, test_normals), 0.01)
+    # The unknown product is still unknown.
+    assert _unknown_share(int8_xml, _images(products, "checker", subset="train")) == 1.0
+
+
+def test_int8_export_without_labelled_normals_keeps_the_limits_and_says_so(
+    trained: tuple[Dcam, Path],
+    products: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from anomalib_dcam.deploy import RandomNormalCalibration, export_openvino
+
+    model = copy.deepcopy(trained[0]).eval()
+    with caplog.at_level("WARNING", logger="anomalib_dcam.deploy.recognition_limits"):
+        xml_path = export_openvino(
+            model, tmp_path, (64, 64), "INT8_PTQ", datamodule=RandomNormalCalibration(num_images=4)
+        )
+    assert np.array_equal(_limits_read_by_recognition(xml_path), model.post_processor.recognizer.distance_limits)
+    assert any("limits fitted in floating point are kept" in message for message in caplog.messages)

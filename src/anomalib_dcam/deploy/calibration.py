@@ -317,6 +317,31 @@ class CalibrationDataModule(AnomalibDataModule):
         order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(self.seed or 0))
         return Subset(train_data, order[:count].tolist())
 
+    def labelled_normals(self) -> tuple[Dataset, list[str]] | None:
+        """Every normal training image of the wrapped datamodule, resized, with the name of its category.
+
+        An INT8 export of a unified model re-fits its unknown-product limits on these
+        (:mod:`anomalib_dcam.deploy.recognition_limits`). All training normals are returned, not the calibration
+        subset: the limit rule needs about a hundred normals per category.
+
+        Returns:
+            The dataset and one category name per item, or ``None`` without a wrapped datamodule or when its
+            training samples carry no category (not a unified datamodule).
+        """
+        from anomalib_dcam.data.multiclass import categories_by_image_path
+
+        if self.datamodule is None:
+            return None
+        self._setup_source()
+        train_data = getattr(self.datamodule, "train_data", None)
+        if train_data is None or len(train_data) == 0:
+            return None
+        category_of = categories_by_image_path(train_data)
+        if not category_of:
+            return None
+        names = [category_of[str(path)] for path in train_data.samples.image_path]
+        return _resized_copy(train_data, self.image_size), names
+
     def calibration_dataset(self) -> Dataset:
         """The calibration images (each a ``(3, H, W)`` tensor in the exported model's input range, or an item)."""
         raise NotImplementedError

@@ -17,7 +17,10 @@ anomalib's ``to_openvino`` converts the ONNX export to OpenVINO and compresses i
   backbones are quantized (``keep_head_fp32``);
 - make ``INT8_ACQ`` validate correctly: the metric is reset before every validation (anomalib accumulates it across
   candidates, so every candidate looks like the first), and the default metric is image AUROC on ``pred_score``
-  rather than a threshold-dependent F1 score.
+  rather than a threshold-dependent F1 score;
+- re-fit a unified model's unknown-product limits on the quantized teacher's own features
+  (:mod:`anomalib_dcam.deploy.recognition_limits`): limits fitted in floating point can be smaller than the shift
+  that quantization gives the features of a product whose normals are all alike.
 
 Use it in one of two ways:
 
@@ -60,6 +63,7 @@ if TYPE_CHECKING:
     import nncf
     import openvino as ov
     from anomalib.models.components import AnomalibModule
+    from anomalib.post_processing import PostProcessor
     from anomalib.pre_processing import PreProcessor
 
 logger = logging.getLogger(__name__)
@@ -277,11 +281,32 @@ def _calibration_dataset(
     return nncf.Dataset(dataloader, lambda item: _resize_images(_batch_images(item), input_size).numpy()), subset_size
 
 
+def _refit_recognition_limits(
+    model: "ov.Model",
+    datamodule: AnomalibDataModule,
+    post_processor: "PostProcessor | None",
+    input_size: tuple[int, int] | None,
+) -> None:
+    """Re-fit a unified model's unknown-product limits on the quantized model (nothing for other models)."""
+    if not getattr(post_processor, "is_multi_category", False):
+        return
+    from .recognition_limits import refit_distance_limits
+
+    refit_distance_limits(
+        model,
+        post_processor.recognizer,  # type: ignore[union-attr]
+        list(post_processor.category_names),  # type: ignore[union-attr]
+        datamodule,
+        input_size,
+    )
+
+
 def quantize_post_training(
     model: "ov.Model",
     datamodule: AnomalibDataModule | None,
     pre_processor: "PreProcessor | None" = None,
     keep_head_fp32: bool = True,
+    post_processor: "PostProcessor | None" = None,
     **quantize_kwargs: Any,
 ) -> "ov.Model":
     """Quantize an OpenVINO model to INT8 with NNCF post-training quantization (``INT8_PTQ``).
@@ -293,6 +318,11 @@ def quantize_post_training(
         pre_processor: The exported model's pre-processor: gives the calibration image size of a dynamic-shape IR and
             the normalisation for random-normal calibration.
         keep_head_fp32: Leave the anomaly-map head in floating point. Defaults to ``True``.
+        post_processor: The exported model's post-processor. For a unified model
+            (:class:`~anomalib_dcam.post_processing.CategoryPostProcessor` recognising several categories), the
+            unknown-product limits are re-fitted on the quantized model's features of the calibration datamodule's
+            labelled training normals (:mod:`anomalib_dcam.deploy.recognition_limits`); without such images the
+            floating-point limits are kept, with a warning.
         quantize_kwargs: Further arguments of ``nncf.quantize`` (``preset``, ``subset_size``, ...).
 
     Returns:
@@ -309,7 +339,9 @@ def quantize_post_training(
     if keep_head_fp32:
         quantize_kwargs.setdefault("ignored_scope", anomaly_head_ignored_scope(model))
     with _quiet_nncf():
-        return nncf.quantize(model, calibration, **quantize_kwargs)
+        quantized = nncf.quantize(model, calibration, **quantize_kwargs)
+    _refit_recognition_limits(quantized, datamodule, post_processor, input_size)
+    return quantized
 
 
 def _output_arrays(result: object) -> dict[str, np.ndarray]:
@@ -363,6 +395,7 @@ def quantize_with_accuracy_control(
     max_drop: float = 0.01,
     pre_processor: "PreProcessor | None" = None,
     keep_head_fp32: bool = True,
+    post_processor: "PostProcessor | None" = None,
     **quantize_kwargs: Any,
 ) -> "ov.Model":
     """Quantize to INT8 and revert the most harmful layers to floating point until the metric drops <= ``max_drop``.
@@ -376,6 +409,7 @@ def quantize_with_accuracy_control(
         max_drop: Largest accepted absolute drop of ``metric``, in ``[0, 1]``. Defaults to ``0.01``.
         pre_processor: See :func:`quantize_post_training`.
         keep_head_fp32: See :func:`quantize_post_training`.
+        post_processor: See :func:`quantize_post_training`.
         quantize_kwargs: Further arguments of ``nncf.quantize_with_accuracy_control``.
 
     Returns:
@@ -400,7 +434,7 @@ def quantize_with_accuracy_control(
     if keep_head_fp32:
         quantize_kwargs.setdefault("ignored_scope", anomaly_head_ignored_scope(model))
     with _quiet_nncf():
-        return nncf.quantize_with_accuracy_control(
+        quantized = nncf.quantize_with_accuracy_control(
             model,
             calibration,
             nncf.Dataset(validation_loader),
@@ -408,6 +442,8 @@ def quantize_with_accuracy_control(
             max_drop=float(max_drop),
             **quantize_kwargs,
         )
+    _refit_recognition_limits(quantized, datamodule, post_processor, input_size)
+    return quantized
 
 
 def compress_openvino_model(
@@ -418,6 +454,7 @@ def compress_openvino_model(
     max_drop: float = 0.01,
     pre_processor: "PreProcessor | None" = None,
     keep_head_fp32: bool = True,
+    post_processor: "PostProcessor | None" = None,
 ) -> "ov.Model":
     """Apply a compression type to an OpenVINO model (``FP16`` happens when saving, see :func:`export_openvino`).
 
@@ -429,6 +466,8 @@ def compress_openvino_model(
         max_drop: ``INT8_ACQ`` largest accepted metric drop.
         pre_processor: See :func:`quantize_post_training`.
         keep_head_fp32: See :func:`quantize_post_training`.
+        post_processor: See :func:`quantize_post_training`; with ``INT8_PTQ`` and ``INT8_ACQ`` a unified model's
+            unknown-product limits are re-fitted at INT8. FP32 and FP16 models are returned unchanged.
 
     Returns:
         The compressed model.
@@ -439,10 +478,23 @@ def compress_openvino_model(
     if compression_type in {None, CompressionType.FP16}:
         return model
     if compression_type == CompressionType.INT8:
+        if getattr(post_processor, "is_multi_category", False):
+            logger.warning(
+                "INT8 weight compression has no calibration images: the unknown-product limits fitted in floating "
+                "point are kept; INT8_PTQ with NormalsCalibration re-fits them at the deployed precision.",
+            )
         return nncf.compress_weights(model)
     if compression_type == CompressionType.INT8_PTQ:
-        return quantize_post_training(model, datamodule, pre_processor, keep_head_fp32)
-    return quantize_with_accuracy_control(model, datamodule, metric, max_drop, pre_processor, keep_head_fp32)
+        return quantize_post_training(model, datamodule, pre_processor, keep_head_fp32, post_processor)
+    return quantize_with_accuracy_control(
+        model,
+        datamodule,
+        metric,
+        max_drop,
+        pre_processor,
+        keep_head_fp32,
+        post_processor,
+    )
 
 
 def convert_to_openvino(
@@ -553,6 +605,7 @@ def export_openvino(
         max_drop=max_drop,
         pre_processor=getattr(model, "pre_processor", None),
         keep_head_fp32=keep_head_fp32,
+        post_processor=getattr(model, "post_processor", None),
     )
     return save_openvino(ov_model, export_root, model_file_name, compression_type)
 
@@ -582,7 +635,13 @@ class OpenVINOQuantizationMixin(CategoryExportMixin):
         datamodule: AnomalibDataModule | None = None,
     ) -> "ov.Model":
         """``INT8_PTQ`` step of ``to_openvino``, see :func:`quantize_post_training`."""
-        return quantize_post_training(model, datamodule, getattr(self, "pre_processor", None), self.keep_head_fp32)
+        return quantize_post_training(
+            model,
+            datamodule,
+            getattr(self, "pre_processor", None),
+            self.keep_head_fp32,
+            getattr(self, "post_processor", None),
+        )
 
     def _accuracy_control_quantization_ov(
         self,
@@ -601,4 +660,5 @@ class OpenVINOQuantizationMixin(CategoryExportMixin):
             max_drop,
             getattr(self, "pre_processor", None),
             self.keep_head_fp32,
+            getattr(self, "post_processor", None),
         )
