@@ -19,6 +19,7 @@ import contextlib
 import importlib
 import inspect
 import logging
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,15 +189,12 @@ def resolve_model_class(class_path: str, where: str = "model") -> type[AnomalibM
     Raises:
         ValueError: If no such model class exists.
     """
-    import types
-
     import anomalib.models
 
-    from anomalib_dcam import Dcam
+    import anomalib_dcam
 
-    local = types.SimpleNamespace(Dcam=Dcam, TunedStfpm=TunedStfpm, RandomTeacherEfficientAd=RandomTeacherEfficientAd)
-    local.__all__ = list(vars(local))
-    return _resolve(class_path, where, "model", AnomalibModule, [local, anomalib.models])
+    this_module = sys.modules[__name__]  # TunedStfpm, RandomTeacherEfficientAd
+    return _resolve(class_path, where, "model", AnomalibModule, [this_module, anomalib_dcam, anomalib.models])
 
 
 def resolve_datamodule_class(class_path: str, where: str = "datamodule") -> type:
