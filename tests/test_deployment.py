@@ -223,6 +223,12 @@ def test_validation_images_are_labelled_and_resized(texture_root: Path) -> None:
     assert set(batch.gt_label.tolist()) == {0, 1}
 
 
+def test_labelled_normals_need_a_unified_datamodule(texture_root: Path) -> None:
+    """The normals that re-fit the unknown-product limits of an INT8 export carry their product; none here."""
+    assert NormalsCalibration(_datamodule(texture_root)).labelled_normals() is None  # one product, no category column
+    assert RandomNormalCalibration(num_images=2).labelled_normals() is None  # no data at all
+
+
 def test_calibration_options_are_checked(texture_root: Path) -> None:
     with pytest.raises(ValueError, match="NormalsCalibration needs datamodule"):
         NormalsCalibration(None)
