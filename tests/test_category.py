@@ -795,7 +795,7 @@ def test_the_category_output_is_hidden_and_exposed_again(unified_exports: dict[s
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# INT8 exports: the unknown-product limits re-fitted on the quantized teacher's features
+# INT8 exports: product recognition re-fitted on the quantized teacher's features
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -823,7 +823,7 @@ def _limits_read_by_recognition(xml_path: Path) -> np.ndarray:
     return limits[0]
 
 
-def test_int8_export_refits_the_unknown_limits_on_quantized_features(
+def test_int8_export_refits_recognition_on_quantized_features(
     trained: tuple[Dcam, Path],
     products: Path,
     tmp_path: Path,
@@ -833,7 +833,7 @@ def test_int8_export_refits_the_unknown_limits_on_quantized_features(
 
     from anomalib_dcam.data.multiclass import categories_by_image_path
     from anomalib_dcam.deploy import NormalsCalibration, export_openvino
-    from anomalib_dcam.deploy.recognition_limits import read_refitted_limits
+    from anomalib_dcam.deploy.recognition_limits import find_recognition_nodes, read_refitted_limits
 
     model = copy.deepcopy(trained[0]).eval()
     float_limits = model.post_processor.recognizer.distance_limits.numpy().copy()
@@ -847,6 +847,10 @@ def test_int8_export_refits_the_unknown_limits_on_quantized_features(
     # FP32 exports are unchanged: the training limits, nothing re-fitted.
     assert np.array_equal(_limits_read_by_recognition(fp32_xml), float_limits)
     assert read_refitted_limits(ov.Core().read_model(str(fp32_xml))) == {}
+    recognizer = model.post_processor.recognizer
+    assert find_recognition_nodes(ov.Core().read_model(str(fp32_xml)), recognizer) is not None
+    # The INT8 IR holds prototypes re-centred on its own features, no longer the floating-point ones.
+    assert find_recognition_nodes(ov.Core().read_model(str(int8_xml)), recognizer) is None
     # The INT8 IR compares with the re-fitted limits it records, and the log names the old and the new ones.
     report = read_refitted_limits(ov.Core().read_model(str(int8_xml)))
     assert list(report) == ["plate", "stripes"]
@@ -854,6 +858,7 @@ def test_int8_export_refits_the_unknown_limits_on_quantized_features(
     assert np.array_equal(_limits_read_by_recognition(int8_xml), refitted)
     assert [report[name]["float_limit"] for name in ("plate", "stripes")] == pytest.approx(float_limits.tolist())
     assert not np.array_equal(refitted, float_limits)
+    assert all(0.9 < report[name]["prototype_cosine"] < 1 for name in ("plate", "stripes"))
     category_of = categories_by_image_path(datamodule.train_data)  # every training normal, with its product
     assert [report[name]["images"] for name in ("plate", "stripes")] == [
         list(category_of.values()).count(name) for name in ("plate", "stripes")
@@ -875,7 +880,7 @@ def test_int8_export_refits_the_unknown_limits_on_quantized_features(
     assert _unknown_share(int8_xml, _images(products, "checker", subset="train")) == 1.0
 
 
-def test_int8_export_without_labelled_normals_keeps_the_limits_and_says_so(
+def test_int8_export_without_labelled_normals_keeps_recognition_and_says_so(
     trained: tuple[Dcam, Path],
     products: Path,
     tmp_path: Path,
@@ -889,4 +894,4 @@ def test_int8_export_without_labelled_normals_keeps_the_limits_and_says_so(
             model, tmp_path, (64, 64), "INT8_PTQ", datamodule=RandomNormalCalibration(num_images=4)
         )
     assert np.array_equal(_limits_read_by_recognition(xml_path), model.post_processor.recognizer.distance_limits)
-    assert any("limits fitted in floating point are kept" in message for message in caplog.messages)
+    assert any("unknown-product limits fitted in floating point are kept" in message for message in caplog.messages)

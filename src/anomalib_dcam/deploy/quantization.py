@@ -18,9 +18,9 @@ anomalib's ``to_openvino`` converts the ONNX export to OpenVINO and compresses i
 - make ``INT8_ACQ`` validate correctly: the metric is reset before every validation (anomalib accumulates it across
   candidates, so every candidate looks like the first), and the default metric is image AUROC on ``pred_score``
   rather than a threshold-dependent F1 score;
-- re-fit a unified model's unknown-product limits on the quantized teacher's own features
-  (:mod:`anomalib_dcam.deploy.recognition_limits`): limits fitted in floating point can be smaller than the shift
-  that quantization gives the features of a product whose normals are all alike.
+- re-fit a unified model's product recognition (prototypes and unknown-product limits) on the quantized teacher's
+  own features (:mod:`anomalib_dcam.deploy.recognition_limits`): limits fitted in floating point can be smaller than
+  the shift that quantization gives the features of a product whose normals are all alike.
 
 Use it in one of two ways:
 
@@ -287,12 +287,12 @@ def _refit_recognition_limits(
     post_processor: "PostProcessor | None",
     input_size: tuple[int, int] | None,
 ) -> None:
-    """Re-fit a unified model's unknown-product limits on the quantized model (nothing for other models)."""
+    """Re-fit a unified model's product recognition on the quantized model (nothing for other models)."""
     if not getattr(post_processor, "is_multi_category", False):
         return
-    from .recognition_limits import refit_distance_limits
+    from .recognition_limits import refit_recognition
 
-    refit_distance_limits(
+    refit_recognition(
         model,
         post_processor.recognizer,  # type: ignore[union-attr]
         list(post_processor.category_names),  # type: ignore[union-attr]
@@ -320,9 +320,9 @@ def quantize_post_training(
         keep_head_fp32: Leave the anomaly-map head in floating point. Defaults to ``True``.
         post_processor: The exported model's post-processor. For a unified model
             (:class:`~anomalib_dcam.post_processing.CategoryPostProcessor` recognising several categories), the
-            unknown-product limits are re-fitted on the quantized model's features of the calibration datamodule's
-            labelled training normals (:mod:`anomalib_dcam.deploy.recognition_limits`); without such images the
-            floating-point limits are kept, with a warning.
+            prototypes and unknown-product limits are re-fitted on the quantized model's features of the calibration
+            datamodule's labelled training normals (:mod:`anomalib_dcam.deploy.recognition_limits`); without such
+            images the floating-point ones are kept, with a warning.
         quantize_kwargs: Further arguments of ``nncf.quantize`` (``preset``, ``subset_size``, ...).
 
     Returns:
@@ -467,7 +467,7 @@ def compress_openvino_model(
         pre_processor: See :func:`quantize_post_training`.
         keep_head_fp32: See :func:`quantize_post_training`.
         post_processor: See :func:`quantize_post_training`; with ``INT8_PTQ`` and ``INT8_ACQ`` a unified model's
-            unknown-product limits are re-fitted at INT8. FP32 and FP16 models are returned unchanged.
+            product recognition is re-fitted at INT8. FP32 and FP16 models are returned unchanged.
 
     Returns:
         The compressed model.
@@ -480,8 +480,8 @@ def compress_openvino_model(
     if compression_type == CompressionType.INT8:
         if getattr(post_processor, "is_multi_category", False):
             logger.warning(
-                "INT8 weight compression has no calibration images: the unknown-product limits fitted in floating "
-                "point are kept; INT8_PTQ with NormalsCalibration re-fits them at the deployed precision.",
+                "INT8 weight compression has no calibration images: the product prototypes and unknown-product limits "
+                "fitted in floating point are kept; INT8_PTQ with NormalsCalibration re-fits them at INT8.",
             )
         return nncf.compress_weights(model)
     if compression_type == CompressionType.INT8_PTQ:
