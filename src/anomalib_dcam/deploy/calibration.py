@@ -320,9 +320,10 @@ class CalibrationDataModule(AnomalibDataModule):
     def labelled_normals(self) -> tuple[Dataset, list[str]] | None:
         """Every normal training image of the wrapped datamodule, resized, with the name of its category.
 
-        An INT8 export of a unified model re-fits its unknown-product limits on these
+        An INT8 export of a unified model re-fits its product prototypes and unknown-product limits on these
         (:mod:`anomalib_dcam.deploy.recognition_limits`). All training normals are returned, not the calibration
-        subset: the limit rule needs about a hundred normals per category.
+        subset: the prototypes are the means of the training normals, and the limit rule needs about a hundred
+        normals per category.
 
         Returns:
             The dataset and one category name per item, or ``None`` without a wrapped datamodule or when its

@@ -199,9 +199,9 @@ class CategoryRecognizer(DynamicBufferMixin, nn.Module):
             prototype of the others, a held-out distance) with the rule of
             :func:`~anomalib_dcam.post_processing.false_alarm.false_alarm_threshold`. Defaults to ``0.01``.
 
-    The limits hold for features at the precision they were fitted at. An INT8 export moves the teacher's features,
-    by more than the limit of a product whose normals are all alike, so it re-fits them on the quantized features
-    with the same rule and rate (:mod:`anomalib_dcam.deploy.recognition_limits`).
+    Prototypes and limits hold for features at the precision they were fitted at. An INT8 export moves the teacher's
+    features, by more than the limit of a product whose normals are all alike, so it fits the recogniser again on the
+    quantized features with the same rule and rate (:mod:`anomalib_dcam.deploy.recognition_limits`).
     """
 
     def __init__(
