@@ -828,11 +828,13 @@ def test_int8_export_refits_recognition_on_quantized_features(
     products: Path,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import openvino as ov
+    from anomalib.deploy import OpenVINOInferencer
 
     from anomalib_dcam.data.multiclass import categories_by_image_path
-    from anomalib_dcam.deploy import NormalsCalibration, export_openvino
+    from anomalib_dcam.deploy import NormalsCalibration, OpenVINOModel, export_openvino
     from anomalib_dcam.deploy.recognition_limits import find_recognition_nodes, read_refitted_limits
 
     model = copy.deepcopy(trained[0]).eval()
@@ -877,7 +879,17 @@ def test_int8_export_refits_recognition_on_quantized_features(
     test_normals = [image for category in ("plate", "stripes") for image in _images(products, category)[:3]]
     assert _unknown_share(int8_xml, test_normals) <= max(_unknown_share(fp32_xml, test_normals), 0.01)
     # The unknown product is still unknown.
-    assert _unknown_share(int8_xml, _images(products, "checker", subset="train")) == 1.0
+    unknown_product = _images(products, "checker", subset="train")
+    assert _unknown_share(int8_xml, unknown_product) == 1.0
+    # The feature reader was a copy: the IR keeps anomalib's outputs, and anomalib's inferencer reads it as before.
+    fp32_outputs = [output.get_any_name() for output in ov.Core().read_model(str(fp32_xml)).outputs]
+    assert [output.get_any_name() for output in ov.Core().read_model(str(int8_xml)).outputs] == fp32_outputs
+    monkeypatch.chdir(tmp_path)  # anomalib's inferencer writes ./openvino_cache
+    inferencer = OpenVINOInferencer(int8_xml, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
+    ir_model = OpenVINOModel(int8_xml, visualizer=False).model
+    for image in test_normals + unknown_product:
+        expected = ir_model(image).pred_label.numpy().reshape(-1)
+        assert np.array_equal(inferencer.predict(image).pred_label.reshape(-1), expected)
 
 
 def test_int8_export_without_labelled_normals_keeps_recognition_and_says_so(
