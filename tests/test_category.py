@@ -907,3 +907,25 @@ def test_int8_export_without_labelled_normals_keeps_recognition_and_says_so(
         )
     assert np.array_equal(_limits_read_by_recognition(xml_path), model.post_processor.recognizer.distance_limits)
     assert any("unknown-product limits fitted in floating point are kept" in message for message in caplog.messages)
+
+
+def test_to_openvino_int8_refits_recognition_too(trained: tuple[Dcam, Path], products: Path, tmp_path: Path) -> None:
+    """``model.to_openvino`` (so ``anomalib export``) re-fits through the mixin's INT8 step, as export_openvino does."""
+    import openvino as ov
+    from anomalib.deploy import CompressionType
+
+    from anomalib_dcam.deploy import NormalsCalibration
+    from anomalib_dcam.deploy.recognition_limits import read_refitted_limits
+
+    model = copy.deepcopy(trained[0]).eval()
+    xml_path = model.to_openvino(
+        tmp_path,
+        input_size=(64, 64),
+        compression_type=CompressionType.INT8_PTQ,
+        datamodule=NormalsCalibration(_datamodule(products, ["plate", "stripes"])),
+    )
+    report = read_refitted_limits(ov.Core().read_model(str(xml_path)))
+    assert list(report) == ["plate", "stripes"]
+    assert np.array_equal(
+        _limits_read_by_recognition(xml_path), np.array([report[name]["limit"] for name in report], dtype=np.float32)
+    )
