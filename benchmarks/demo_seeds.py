@@ -7,14 +7,15 @@ Each (variant, seed) trains the demo exactly as ``anomalib-dcam demo --seed <see
 100 normal training images, 256 px, fp32, teacher cache in memory, channels-last), with the variant's Dcam options on
 top of Dcam's defaults. The seed picks the crops, the test defects and the training run, so the paired difference of
 two variants at one seed compares them on the same images. Every run writes ``<records>/<variant>_s<seed>.json``
-(its metrics and fit time) and is skipped when that record exists, so the study can be stopped and resumed.
+(a record of :mod:`anomalib_dcam.benchmark.records`: the resolved Dcam settings, the demo's own settings, the
+metrics and the fit time) and is skipped only when that record holds exactly the same settings, so the study can be
+stopped and resumed, and a changed default trains again.
 
 Example:
     python benchmarks/demo_seeds.py --seeds 0 1 2 --variants former default
 """
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -27,6 +28,7 @@ from anomalib_dcam.benchmark.report import mean_std
 # Variant -> Dcam options on top of Dcam's current defaults; the recorded ablations are of DCAM's attention model.
 VARIANTS: dict[str, dict] = {
     "default": {},
+    "default_anomalib_defects": {"synthetic_anomaly_generator": "anomalib"},  # the default of 2026-12-04
     "former": FORMER_DEFAULTS,
     "readout_only": {**ATTENTION_DEFAULTS, "synthetic_anomaly_probability": 0.0},
     "p0.25": {**ATTENTION_DEFAULTS, "synthetic_anomaly_probability": 0.25},
@@ -37,23 +39,34 @@ VARIANTS: dict[str, dict] = {
 METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score", "seconds")
 
 
+def demo_settings(variant: str, seed: int, epochs: int, num_train: int) -> dict:
+    """Everything that decides a (variant, seed) result: the demo's settings and the resolved Dcam it trains."""
+    from anomalib_dcam import Dcam
+    from anomalib_dcam.benchmark.records import object_settings
+
+    # The Dcam that run_demo builds (its pre-processor aside, which only sets the image size below).
+    model = Dcam(backbone="tf_efficientnet_lite0", teacher_cache="memory", channels_last=True, **VARIANTS[variant])
+    dcam = object_settings(model)
+    dcam["init_args"].pop("pre_processor", None)
+    return {"variant": variant, "seed": seed, "epochs": epochs, "num_train": num_train, "image_size": 256, "dcam": dcam}
+
+
 def run(variant: str, seed: int, records: Path, epochs: int, num_train: int) -> dict:
-    """Train and test the demo for one (variant, seed) unless it is recorded; return its record."""
-    path = records / f"{variant}_s{seed}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    """Train and test the demo for one (variant, seed) unless it is recorded with the same settings."""
+    from anomalib_dcam.benchmark.records import load_matching, write_record
     from anomalib_dcam.demo import run_demo
 
+    path = records / f"{variant}_s{seed}.json"
+    settings = demo_settings(variant, seed, epochs, num_train)
+    record = load_matching(path, settings)
+    if record is not None:
+        return record["results"]
     print(f"demo {variant} seed {seed}: training ({epochs} epochs)", flush=True)
     with tempfile.TemporaryDirectory() as output:
         start = time.perf_counter()
         metrics = run_demo(Path(output), epochs=epochs, num_train=num_train, seed=seed, dcam_options=VARIANTS[variant])
         metrics["seconds"] = time.perf_counter() - start
-    record = {"variant": variant, "seed": seed, "epochs": epochs, "num_train": num_train, "options": VARIANTS[variant]}
-    record.update(metrics)
-    records.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2))
-    return record
+    return write_record(path, settings, metrics)["results"]
 
 
 def main() -> None:
