@@ -60,7 +60,7 @@ SETTINGS: dict[str, tuple[str, dict, str, int]] = {
     "dcam_config": ("Dcam", {"teacher_cache": "memory", "channels_last": True}, "32-true", 0),
     # A plain Dcam() where the automatic cache cannot apply (e.g. random training augmentations).
     "dcam_uncached": ("Dcam", {"teacher_cache": "off"}, "32-true", 2),
-    # A plain Dcam() without the cache and with anomalib's per-image Perlin generator: what the bank alone changes.
+    # A plain Dcam() before the automatic cache and the defect bank (anomalib's per-image Perlin generator).
     "dcam_uncached_anomalib_defects": (
         "Dcam",
         {"teacher_cache": "off", "synthetic_anomaly_generator": "anomalib"},

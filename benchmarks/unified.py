@@ -46,7 +46,7 @@ from runs import BACKBONE, RUNS, build_model
 SPEED_PROFILES: dict[str, dict] = {
     "fast": {"precision": "32-true", "num_workers": 0, "dcam": {"teacher_cache": "memory", "channels_last": True}},
     "bf16": {"precision": "bf16-mixed", "num_workers": 0, "dcam": {"teacher_cache": "memory", "channels_last": True}},
-    "reference": {"precision": "32-true", "num_workers": 2, "dcam": {"teacher_cache": "off", "channels_last": False}},
+    "reference": {"precision": "32-true", "num_workers": 2, "dcam": {"teacher_cache": "off"}},
 }
 
 

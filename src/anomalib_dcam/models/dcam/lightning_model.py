@@ -139,9 +139,8 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         teacher_cache_max_gb: Most gigabytes the cache may take; further images are recomputed. Defaults to ``4.0``.
         teacher_cache_dtype: ``"float16"`` or ``"float32"`` storage of cached features. Defaults to ``"float16"``.
         teacher_cache_dir: Folder of the ``"disk"`` cache; ``None`` for a temporary folder. Defaults to ``None``.
-        channels_last: Train in the channels-last memory layout, which oneDNN's CPU convolutions prefer (1.4x for
-            lite0 on CPU, docs/training_speed.md; the loss moves by at most 1e-5). The layout is restored at the end of
-            fit. Training-only. Defaults to ``True``.
+        channels_last: Train in the channels-last memory layout (faster for some backbones and precisions on CPU,
+            see docs/training_speed.md). Training-only. Defaults to ``False``.
         pre_processor: Pre-processor, or ``True`` for anomalib's default (256 px, ImageNet normalisation).
         post_processor: Post-processor, or ``True`` for the default: a :class:`CategoryPostProcessor`, which is
             anomalib's post-processor for one category and recognises the product and calibrates per category for a
@@ -187,7 +186,7 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         teacher_cache_max_gb: float = 4.0,
         teacher_cache_dtype: CacheDtype | str = CacheDtype.FLOAT16,
         teacher_cache_dir: str | Path | None = None,
-        channels_last: bool = True,
+        channels_last: bool = False,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,

@@ -3,9 +3,8 @@
 
 """Named option sets of :class:`~anomalib_dcam.models.dcam.Dcam` that reproduce a reference model.
 
-``Dcam(**STFPM_OPTIONS, lr=0.4, channels_last=False)`` trains exactly like anomalib's ``Stfpm`` (same loss on the same
-batch, same weights after training on the same batches; tests/test_model.py); with the default channels-last layout
-the loss moves by at most 1e-5. It is also faster where the teacher-feature cache applies: the
+``Dcam(**STFPM_OPTIONS, lr=0.4)`` trains exactly like anomalib's ``Stfpm`` (same loss on the same batch, same weights
+after training on the same batches; tests/test_model.py), and faster where the teacher-feature cache applies: the
 cache stores float32 features, so it changes the time and nothing else. The benchmarks compare Dcam with Stfpm at
 lr 0.1 this way on grids too long for anomalib's Stfpm on a CPU.
 """
