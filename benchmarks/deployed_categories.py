@@ -47,8 +47,10 @@ def torch_predictions(model: object, datamodule: object, post_processing: bool, 
     post_processor = model.post_processor
     post_processor.enable_normalization = post_processor.enable_thresholding = post_processing
     engine = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=run_dir, enable_progress_bar=False)
-    batches = engine.predict(model=model, dataloaders=datamodule.test_dataloader())
-    post_processor.enable_normalization = post_processor.enable_thresholding = True
+    try:
+        batches = engine.predict(model=model, dataloaders=datamodule.test_dataloader())
+    finally:  # the later ways (the exports) must see the deployed post-processing
+        post_processor.enable_normalization = post_processor.enable_thresholding = True
     return {
         "image_path": [str(path) for batch in batches for path in batch.image_path],
         "pred_score": torch.cat([batch.pred_score.reshape(-1).float() for batch in batches]).tolist(),
