@@ -211,6 +211,12 @@ def static_input_size(model: "str | Path | ov.Model") -> tuple[int, int] | None:
     return None
 
 
+def static_batch_size(model: "ov.Model") -> int | None:
+    """The static batch size of a model's first input, or ``None`` when it is dynamic."""
+    batch = model.input(0).partial_shape[0]
+    return batch.get_length() if batch.is_static else None
+
+
 def _reject(image: object, reason: str) -> ValueError:
     shape = getattr(image, "shape", None)
     described = f"an image of shape {tuple(shape)}" if shape is not None else f"a {type(image).__name__}"

@@ -57,7 +57,7 @@ from torchmetrics import Metric
 from .calibration import CalibrationDataModule
 from .categories import model_category_names, set_category_names, write_category_names
 from .category_output import CategoryExportMixin, exporting_category, hide_category_output
-from .inference import static_input_size
+from .inference import static_batch_size, static_input_size
 
 if TYPE_CHECKING:
     import nncf
@@ -254,10 +254,10 @@ def _prepare_datamodule(
         size, mean, std = pre_processor_stats(pre_processor)
         datamodule.configure_for_export(image_size=input_size or size, mean=mean, std=std)
     datamodule.setup("fit")
-    batch_dimension = model.input(0).partial_shape[0]
-    if batch_dimension.is_static:
-        datamodule.train_batch_size = batch_dimension.get_length()
-        datamodule.eval_batch_size = batch_dimension.get_length()
+    batch_size = static_batch_size(model)
+    if batch_size is not None:
+        datamodule.train_batch_size = batch_size
+        datamodule.eval_batch_size = batch_size
     return datamodule, input_size
 
 

@@ -162,6 +162,7 @@ def refit_recognition(
         limit was set; ``None`` when nothing was re-fitted.
     """
     from anomalib_dcam.deploy.calibration import CalibrationDataModule
+    from anomalib_dcam.deploy.inference import static_batch_size
     from anomalib_dcam.post_processing.category import CategoryRecognizer
 
     labelled = datamodule.labelled_normals() if isinstance(datamodule, CalibrationDataModule) else None
@@ -185,7 +186,7 @@ def refit_recognition(
         return None
     loader = DataLoader(
         dataset,
-        batch_size=_static_batch_size(ov_model),
+        batch_size=static_batch_size(ov_model) or 1,
         shuffle=False,
         num_workers=getattr(datamodule, "num_workers", 0),
         collate_fn=getattr(dataset, "collate_fn", None),
@@ -223,12 +224,6 @@ def refit_recognition(
     _replace_constant(ov_model, nodes.prototypes, prototypes.T if transposed else prototypes)
     ov_model.set_rt_info(json.dumps(report), RT_INFO_PATH)
     return report
-
-
-def _static_batch_size(ov_model: "ov.Model") -> int:
-    """The model's static batch size, else 1."""
-    batch = ov_model.input(0).partial_shape[0]
-    return batch.get_length() if batch.is_static else 1
 
 
 def _replace_constant(ov_model: "ov.Model", constant: Any, values: np.ndarray) -> None:
