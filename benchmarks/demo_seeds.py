@@ -23,8 +23,6 @@ from pathlib import Path
 
 from runs import ATTENTION_DEFAULTS, FORMER_DEFAULTS
 
-from anomalib_dcam.benchmark.report import mean_std
-
 # Variant -> Dcam options on top of Dcam's current defaults; the recorded ablations are of DCAM's attention model.
 VARIANTS: dict[str, dict] = {
     "default": {},
@@ -79,7 +77,8 @@ def main() -> None:
     parser.add_argument("--num-train", type=int, default=100, help="as `anomalib-dcam demo` (default: %(default)s)")
     parser.add_argument("--records", type=Path, default=Path(__file__).parent / "records" / "demo")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the report's imports, which import huggingface_hub
+    from anomalib_dcam.benchmark.report import format_per_seed, markdown_table, mean_std, paired_differences
 
     variants = [args.baseline, *[variant for variant in args.variants if variant != args.baseline]]
     records = {
@@ -88,24 +87,24 @@ def main() -> None:
         for variant in variants
     }
     print(f"\nbrick demo, {args.epochs} epochs, seeds {args.seeds}: mean ± std over seeds\n")
-    print("| variant | " + " | ".join(METRICS) + " |")
-    print("|---" * (len(METRICS) + 1) + "|")
-    for variant in variants:
-        cells = [mean_std([records[variant, seed][metric] for seed in args.seeds]) for metric in METRICS]
-        print(f"| {variant} | " + " | ".join(cells) + " |")
+    body = [
+        [variant, *(mean_std([records[variant, seed][metric] for seed in args.seeds]) for metric in METRICS)]
+        for variant in variants
+    ]
+    print(markdown_table(["variant", *METRICS], body))
     print(f"\npaired difference to {args.baseline} (per seed: image AUROC)\n")
-    print("| variant | " + " | ".join(METRICS) + " | image AUROC per seed |")
-    print("|---" * (len(METRICS) + 2) + "|")
+    body = []
     for variant in variants[1:]:
         differences = {
-            metric: [records[variant, seed][metric] - records[args.baseline, seed][metric] for seed in args.seeds]
+            metric: paired_differences(
+                {seed: records[variant, seed][metric] for seed in args.seeds},
+                {seed: records[args.baseline, seed][metric] for seed in args.seeds},
+            )
             for metric in METRICS
         }
-        per_seed = ", ".join(
-            f"s{seed} {value:+.3f}" for seed, value in zip(args.seeds, differences["image_AUROC"], strict=True)
-        )
-        cells = [mean_std(differences[metric], signed=True) for metric in METRICS]
-        print(f"| {variant} | " + " | ".join(cells) + f" | {per_seed} |")
+        cells = [mean_std(list(differences[metric].values()), signed=True) for metric in METRICS]
+        body.append([variant, *cells, format_per_seed(differences["image_AUROC"])])
+    print(markdown_table(["variant", *METRICS, "image AUROC per seed"], body))
 
 
 if __name__ == "__main__":

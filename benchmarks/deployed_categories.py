@@ -144,6 +144,7 @@ def main() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     from anomalib_dcam import Dcam
     from anomalib_dcam.benchmark.records import load_matching, write_record
+    from anomalib_dcam.benchmark.report import markdown_table
     from anomalib_dcam.data.multiclass import categories_by_image_path
     from anomalib_dcam.deploy import NormalsCalibration, export_openvino
 
@@ -189,11 +190,12 @@ def main() -> None:
     write_record(record_path, settings, {**results, "tables": tables})
     columns = list(next(iter(tables["pytorch_fp32"].values())))
     for way, table in tables.items():
-        print(f"\n{way} (budget: false-alarm rate {budget:.1%})\n\n| product | " + " | ".join(columns) + " |")
-        print("|---" * (len(columns) + 1) + "|")
-        for category, row in table.items():
-            cells = [f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()]
-            print(f"| {category} | " + " | ".join(cells) + " |")
+        body = [
+            [category, *(f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values())]
+            for category, row in table.items()
+        ]
+        print(f"\n{way} (budget: false-alarm rate {budget:.1%})\n")
+        print(markdown_table(["product", *columns], body))
 
 
 if __name__ == "__main__":

@@ -357,18 +357,19 @@ def report(args: argparse.Namespace, precisions: list[str]) -> list[dict]:
     return rows
 
 
-def _format(value: object, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
 def write_reports(args: argparse.Namespace, rows: list[dict]) -> None:
     """Write ``results.csv`` and ``results.md``."""
     import csv
 
     import openvino as ov
     import torch
+
+    # Imported here, in the parent process only: the report module imports anomalib, which the measuring
+    # subprocesses must not load (their peak memory is the precision's own).
+    from anomalib_dcam.benchmark.report import format_cell, markdown_table
+
+    def cell(value: object, digits: int = 4) -> str:
+        return format_cell(value, digits, missing="n/a")
 
     with (args.output / "results.csv").open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
@@ -397,18 +398,23 @@ def write_reports(args: argparse.Namespace, rows: list[dict]) -> None:
         "baseline)",
         f"- {stamp}",
         "",
-        "| precision | category | image AUROC (drop) | pixel AUROC (drop) | AUPRO (drop) | latency ms (p90) "
-        "| throughput img/s | peak RSS MB (baseline) | IR MB | hint |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        quality = " | ".join(f"{_format(row[metric])} ({_format(row[f'{metric}_drop'])})" for metric in METRICS)
-        lines.append(
-            f"| {row['precision']} | {row['category']} | {quality} | {_format(row['latency_ms'], 1)} "
-            f"({_format(row['latency_p90_ms'], 1)}) | {_format(row['throughput_images_per_s'], 1)} "
-            f"| {_format(row['peak_rss_mb'], 0)} ({_format(row['rss_baseline_mb'], 0)}) "
-            f"| {_format(row['ir_size_mb'], 1)} | {row['precision_hint']} |",
-        )
+    header = ["precision", "category", "image AUROC (drop)", "pixel AUROC (drop)", "AUPRO (drop)"]
+    header += ["latency ms (p90)", "throughput img/s", "peak RSS MB (baseline)", "IR MB", "hint"]
+    body = [
+        [
+            row["precision"],
+            row["category"],
+            *(f"{cell(row[metric])} ({cell(row[f'{metric}_drop'])})" for metric in METRICS),
+            f"{cell(row['latency_ms'], 1)} ({cell(row['latency_p90_ms'], 1)})",
+            cell(row["throughput_images_per_s"], 1),
+            f"{cell(row['peak_rss_mb'], 0)} ({cell(row['rss_baseline_mb'], 0)})",
+            cell(row["ir_size_mb"], 1),
+            row["precision_hint"],
+        ]
+        for row in rows
+    ]
+    lines.append(markdown_table(header, body))
     (args.output / "results.md").write_text("\n".join(lines) + "\n")
 
 

@@ -34,11 +34,10 @@ Example:
 
 import argparse
 import json
-import os
 import statistics
 from pathlib import Path
 
-from runs import build_model
+from runs import build_model, checkpoint_state_dict, offline_hf_cache
 from unified import run_folder
 
 LEVELS = 3
@@ -96,15 +95,13 @@ def score_images(model, dataloader) -> dict:
 
 def predict_scores(run: str, checkpoint: Path, root: Path, categories: list[str]) -> dict:
     """Every readout's score of every test image for one trained model, with each image's category."""
-    import torch
     from torchvision.transforms.v2 import Resize
 
     from anomalib_dcam.data import MultiClassMVTec
     from anomalib_dcam.data.multiclass import categories_by_image_path
 
     model = build_model(run)
-    with torch.serialization.safe_globals(list(model.checkpoint_safe_globals())):
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    state = checkpoint_state_dict(model, checkpoint)
     weights = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
     model.model.load_state_dict(weights)
     # Without a trainer the datamodule does not copy the model's resize; images of different sizes must not be
@@ -189,14 +186,9 @@ def main() -> None:
         help="records of the trained models (benchmarks/unified.py): their settings are part of this record's",
     )
     args = parser.parse_args()
-    cache = args.output / "hf-cache"
-    os.environ["HF_HUB_CACHE"] = str(cache.resolve())  # before huggingface_hub is imported
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    offline_hf_cache(args.output)  # before the imports below, which import huggingface_hub
     from anomalib_dcam.benchmark.records import load_matching, write_record
-    from anomalib_dcam.benchmark.report import mean_std
-    from anomalib_dcam.weights import install_hf_cache
-
-    install_hf_cache(cache)
+    from anomalib_dcam.benchmark.report import format_per_seed, markdown_table, mean_std, paired_differences
 
     results: dict[str, dict[int, dict]] = {}
     for run in args.runs:
@@ -237,15 +229,17 @@ def main() -> None:
         for metric in args.metrics:
             print(f"\n{run}, {metric}, seeds {sorted(seeds)}\n")
             groups = [group for group in next(iter(seeds.values()))["max"] if group != "mean"] + ["mean"]
-            print("| readout | " + " | ".join(groups) + " | paired Δ mean vs max (per seed) |")
-            print("|---" * (len(groups) + 2) + "|")
+            body = []
             for readout in (*READOUTS, *DERIVED_READOUTS):
                 cells = [mean_std([seeds[s][readout][group][metric] for s in sorted(seeds)]) for group in groups]
-                deltas = [
-                    100 * (seeds[s][readout]["mean"][metric] - seeds[s]["max"]["mean"][metric]) for s in sorted(seeds)
-                ]
-                paired = f"{statistics.fmean(deltas):+.1f} (" + ", ".join(f"{d:+.1f}" for d in deltas) + ")"
-                print(f"| {readout} | " + " | ".join(cells) + f" | {paired} |")
+                differences = paired_differences(
+                    {s: seeds[s][readout]["mean"][metric] for s in sorted(seeds)},
+                    {s: seeds[s]["max"]["mean"][metric] for s in sorted(seeds)},
+                )
+                points = {seed: 100 * difference for seed, difference in differences.items()}  # percentage points
+                paired = f"{statistics.fmean(points.values()):+.1f} ({format_per_seed(points, 1, seed_labels=False)})"
+                body.append([readout, *cells, paired])
+            print(markdown_table(["readout", *groups, "paired Δ mean vs max (per seed)"], body))
 
 
 if __name__ == "__main__":

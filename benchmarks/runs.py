@@ -10,6 +10,7 @@ package; Stfpm reads them from a Hugging Face cache written by :func:`anomalib_d
 same pyramid. Records and docs cite the run names, so a name keeps its arguments.
 """
 
+import os
 from pathlib import Path
 
 PYRAMID = ["blocks.1", "blocks.2", "blocks.4"]  # strides 4, 8, 16 of tf_efficientnet_lite0 (ResNet layer1..3)
@@ -101,3 +102,44 @@ def build_model(name: str, dcam_options: dict | None = None) -> object:
     if model_name == "Dcam":
         return Dcam(backbone=BACKBONE, layers=PYRAMID, lr=lr, **{**(dcam_options or {}), **arguments})
     return TunedStfpm(backbone=BACKBONE, layers=PYRAMID, lr=lr, **arguments)
+
+
+def offline_hf_cache(output: Path, install: bool = True) -> Path:
+    """Point ``huggingface_hub`` at ``<output>/hf-cache``, offline, and write the packaged lite0 weights into it.
+
+    Call it before anything imports ``huggingface_hub``, which reads ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` once,
+    when it is imported.
+
+    Args:
+        output: The script's output folder.
+        install: Write the weights (:func:`anomalib_dcam.weights.install_hf_cache`); ``False`` only points at the
+            cache, e.g. in a subprocess whose parent installed it.
+
+    Returns:
+        The cache folder.
+    """
+    cache = output / "hf-cache"
+    os.environ["HF_HUB_CACHE"] = str(cache.resolve())
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if install:
+        from anomalib_dcam.weights import install_hf_cache
+
+        install_hf_cache(cache)
+    return cache
+
+
+def checkpoint_state_dict(model: object, checkpoint: Path) -> dict:
+    """The ``state_dict`` of a Lightning checkpoint of ``model``, loaded on the CPU with ``weights_only``.
+
+    Args:
+        model: A model of the checkpoint's class; its ``checkpoint_safe_globals()`` (the enums saved in the
+            hyper-parameters) are allow-listed for ``weights_only`` loading.
+        checkpoint: The checkpoint file.
+
+    Returns:
+        The checkpoint's ``state_dict``.
+    """
+    import torch
+
+    with torch.serialization.safe_globals(list(model.checkpoint_safe_globals())):
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]

@@ -19,7 +19,13 @@ from pathlib import Path
 
 from unified import record_rows, run_folder
 
-from anomalib_dcam.benchmark.report import QUALITY_METRICS, mean_std
+from anomalib_dcam.benchmark.report import (
+    QUALITY_METRICS,
+    format_per_seed,
+    markdown_table,
+    mean_std,
+    paired_differences,
+)
 
 
 def parse_row(spec: str) -> tuple[str, str]:
@@ -67,45 +73,37 @@ def main() -> None:
 
     columns = [*args.categories, "mean"]
     specs = [args.baseline, *[row for row in args.rows if row != args.baseline]]
-    loaded = {
-        spec: {
+    recorded: dict[str, dict[int, dict[str, dict]]] = {}  # spec -> seed -> rows by category, recorded seeds only
+    for spec in specs:
+        loaded = {
             seed: load(args.records, args.categories, args.epochs, seed, spec, args.of_epochs) for seed in args.seeds
         }
-        for spec in specs
-    }
-    for spec in specs:
-        missing = [seed for seed, rows in loaded[spec].items() if rows is None]
+        recorded[spec] = {seed: rows for seed, rows in loaded.items() if rows is not None}
+        missing = [seed for seed, rows in loaded.items() if rows is None]
         if missing:
             print(f"note: {spec} has no record for seed(s) {missing}; its cells use the other seeds")
 
     print(f"\n{'+'.join(args.categories)}, {args.epochs} epochs, seeds {args.seeds}")
     for metric in QUALITY_METRICS:
         print(f"\n{metric}: mean ± std over seeds (n seeds)\n")
-        print("| row | n | " + " | ".join(columns) + " |")
-        print("|---" * (len(columns) + 2) + "|")
+        body = []
         for spec in specs:
-            seeds = [seed for seed, rows in loaded[spec].items() if rows is not None]
-            cells = [mean_std([loaded[spec][seed][column][metric] for seed in seeds]) for column in columns]
-            print(f"| {spec} | {len(seeds)} | " + " | ".join(cells) + " |")
+            cells = [mean_std([rows[column][metric] for rows in recorded[spec].values()]) for column in columns]
+            body.append([spec, len(recorded[spec]), *cells])
+        print(markdown_table(["row", "n", *columns], body))
         print(f"\n{metric}: paired difference to {args.baseline}, per seed (mean ± std over the paired seeds)\n")
-        print("| row | seeds | " + " | ".join(columns) + " | per seed (mean) |")
-        print("|---" * (len(columns) + 3) + "|")
+        body = []
         for spec in specs[1:]:
-            paired = [
-                seed
-                for seed in args.seeds
-                if loaded[spec][seed] is not None and loaded[args.baseline][seed] is not None
-            ]
             differences = {
-                column: [
-                    loaded[spec][seed][column][metric] - loaded[args.baseline][seed][column][metric] for seed in paired
-                ]
+                column: paired_differences(
+                    {seed: rows[column][metric] for seed, rows in recorded[spec].items()},
+                    {seed: rows[column][metric] for seed, rows in recorded[args.baseline].items()},
+                )
                 for column in columns
             }
-            pairs = zip(paired, differences["mean"], strict=True)
-            per_seed = ", ".join(f"s{seed} {value:+.3f}" for seed, value in pairs)
-            cells = [mean_std(differences[column], signed=True) for column in columns]
-            print(f"| {spec} | {len(paired)} | " + " | ".join(cells) + f" | {per_seed} |")
+            cells = [mean_std(list(differences[column].values()), signed=True) for column in columns]
+            body.append([spec, len(differences["mean"]), *cells, format_per_seed(differences["mean"])])
+        print(markdown_table(["row", "seeds", *columns, "per seed (mean)"], body))
 
 
 if __name__ == "__main__":

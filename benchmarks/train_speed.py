@@ -42,6 +42,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from runs import offline_hf_cache
+
 PROCESS_START = time.perf_counter()
 
 PYRAMIDS = {
@@ -177,18 +179,15 @@ def worker(args: argparse.Namespace) -> None:
     if model_name == "Dcam":
         model = Dcam(backbone=args.backbone, layers=layers, pre_trained=pre_trained, **options)
     else:
-        import timm
         from anomalib.models import Stfpm
 
         if pre_trained:
             model = Stfpm(backbone=args.backbone, layers=layers)
         else:  # speed only: no offline ImageNet weights for this backbone, so a random teacher like Dcam's
-            create_model = timm.create_model
-            timm.create_model = lambda *a, **k: create_model(*a, **{**k, "pretrained": False})
-            try:
+            from anomalib_dcam.benchmark.models import random_timm_weights
+
+            with random_timm_weights():
                 model = Stfpm(backbone=args.backbone, layers=layers)
-            finally:
-                timm.create_model = create_model
 
     class FixedSubset(Callback):
         """Train on the same ``--images`` training images and validate on ``--val-images``, drawn from every category.
@@ -271,9 +270,8 @@ def main() -> None:
     parser.add_argument("--worker", nargs=3, metavar=("BACKBONE", "SETTING", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    cache = args.output / "hf-cache"
-    os.environ["HF_HUB_CACHE"] = str(cache.resolve())  # before huggingface_hub is imported
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    # Before the worker's imports, which import huggingface_hub; the parent installs the weights, workers read them.
+    offline_hf_cache(args.output, install=not args.worker)
     if args.worker:
         args.backbone, args.setting, result = args.worker
         args.result = Path(result)
@@ -281,9 +279,6 @@ def main() -> None:
         worker(args)
         return
 
-    from anomalib_dcam.weights import install_hf_cache
-
-    install_hf_cache(cache)
     results = []
     # Alternate the settings backbone by backbone, so that a drift of the machine spreads over all of them. Each
     # worker builds its model, and trains only when no record holds exactly its settings.
@@ -298,23 +293,35 @@ def main() -> None:
             subprocess.run(command, check=True)
             results.append(json.loads(path.read_text())["results"])
 
+    # Imported only now: the report module imports anomalib, which this process does not need while workers train.
+    from anomalib_dcam.benchmark.report import markdown_table
+
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     print(f"\n{platform.node()}, {os.cpu_count()} CPUs, {stamp}, {args.images} images x {args.epochs} epochs, 256 px\n")
-    print(
-        "| backbone | setting | precision | workers | train img/s | x Stfpm | 1st epoch img/s | val img/s "
-        "| start-up s | peak RSS GB | step split (" + ", ".join([*STEP_PARTS, "data_wait", "other"]) + ") |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    header = ["backbone", "setting", "precision", "workers", "train img/s", "x Stfpm", "1st epoch img/s", "val img/s"]
+    header += ["start-up s", "peak RSS GB", f"step split ({', '.join([*STEP_PARTS, 'data_wait', 'other'])})"]
+    body = []
     for backbone in args.backbones:
         rows = [row for row in results if row["backbone"] == backbone]
         reference = next((row["train_img_s"] for row in rows if row["setting"] == "stfpm"), None)
         for row in rows:
             ratio = f"{row['train_img_s'] / reference:.2f}" if reference else "-"
-            print(
-                f"| {backbone} | {row['setting']} | {row['precision']} | {row['num_workers']} "
-                f"| {row['train_img_s']:.2f} | {ratio} | {row['first_epoch_img_s']:.2f} | {row['val_img_s']:.1f} "
-                f"| {row['startup_s']:.1f} | {row['peak_rss_gb']:.2f} | {_split_cell(row.get('step_split'))} |",
+            body.append(
+                [
+                    backbone,
+                    row["setting"],
+                    row["precision"],
+                    row["num_workers"],
+                    f"{row['train_img_s']:.2f}",
+                    ratio,
+                    f"{row['first_epoch_img_s']:.2f}",
+                    f"{row['val_img_s']:.1f}",
+                    f"{row['startup_s']:.1f}",
+                    f"{row['peak_rss_gb']:.2f}",
+                    _split_cell(row.get("step_split")),
+                ]
             )
+    print(markdown_table(header, body))
 
 
 if __name__ == "__main__":

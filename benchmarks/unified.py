@@ -33,13 +33,12 @@ Example:
 """
 
 import argparse
-import os
 import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from runs import BACKBONE, RUNS, build_model
+from runs import BACKBONE, RUNS, build_model, checkpoint_state_dict, offline_hf_cache
 
 # Trainer, data-loader and Dcam settings of each --speed profile. "fast" matches the configs' defaults
 # (docs/training_speed.md); "bf16" adds bf16 mixed precision; "reference" is float32, teacher recomputed, 2 workers.
@@ -139,7 +138,6 @@ def train_and_test(
     Returns:
         ``{epochs: rows}`` for the whole run and each milestone.
     """
-    import torch
     from anomalib.engine import Engine
 
     from anomalib_dcam.callbacks import HeldOutNormalCheckpoint, PerCategoryMetrics
@@ -155,9 +153,7 @@ def train_and_test(
     engine.test(model=model, datamodule=datamodule, verbose=False)
     results = {trainer["max_epochs"]: [{**row, "fit_seconds": fit_seconds} for row in report.results]}
     for epochs in milestones:
-        with torch.serialization.safe_globals(list(model.checkpoint_safe_globals())):
-            state = torch.load(checkpoint.milestone_path(epochs), map_location="cpu", weights_only=True)
-        model.load_state_dict(state["state_dict"])
+        model.load_state_dict(checkpoint_state_dict(model, checkpoint.milestone_path(epochs)))
         report.output_dir = run_dir / f"epoch{epochs}"
         engine.test(model=model, datamodule=datamodule, verbose=False)
         results[epochs] = [dict(row) for row in report.results]
@@ -209,14 +205,9 @@ def main() -> None:
 
     folder = run_folder(args.categories, args.epochs, args.seed, args.speed, selection=args.selection)
     output, records = args.output / folder, args.records / folder
-    cache = args.output / "hf-cache"
-    os.environ["HF_HUB_CACHE"] = str(cache.resolve())  # before huggingface_hub is imported
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    offline_hf_cache(args.output)  # before the imports below, which import huggingface_hub
     from anomalib_dcam.benchmark.records import load_matching, write_record
-    from anomalib_dcam.benchmark.report import QUALITY_METRICS, column_mean
-    from anomalib_dcam.weights import install_hf_cache
-
-    install_hf_cache(cache)
+    from anomalib_dcam.benchmark.report import QUALITY_METRICS, column_mean, markdown_table
 
     table: dict[str, list[dict]] = {}
     for spec in args.runs:
@@ -269,13 +260,15 @@ def main() -> None:
         f"\n{BACKBONE}, 256 px, {args.epochs} epochs, seed {args.seed}, {args.speed}, {args.selection}, "
         f"{platform.node()}, {stamp}"
     )
+    columns = [*args.categories, "mean"]
     for metric in QUALITY_METRICS:
-        print(f"\n{metric}\n\n| run | " + " | ".join([*args.categories, "mean"]) + " |")
-        print("|---" * (len(args.categories) + 2) + "|")
+        body = []
         for spec, rows in table.items():
             by_category = {row["category"]: row for row in rows}
-            values = [by_category.get(category, {}).get(metric) for category in [*args.categories, "mean"]]
-            print(f"| {spec} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in values) + " |")
+            values = [by_category.get(column, {}).get(metric) for column in columns]
+            body.append([spec, *("-" if value is None else f"{value:.3f}" for value in values)])
+        print(f"\n{metric}\n")
+        print(markdown_table(["run", *columns], body))
 
 
 if __name__ == "__main__":

@@ -23,10 +23,9 @@ Example:
 """
 
 import argparse
-import os
 from pathlib import Path
 
-from runs import BACKBONE, PYRAMID
+from runs import BACKBONE, PYRAMID, offline_hf_cache
 
 
 def teacher_features(root: Path, categories: list[str], seed: int, output: Path) -> dict:
@@ -109,10 +108,10 @@ def main() -> None:
         "--record", type=Path, default=Path(__file__).parent / "records" / "unknown_products" / "seven_categories.json"
     )
     args = parser.parse_args()
-    cache = args.output / "hf-cache"
-    os.environ["HF_HUB_CACHE"] = str(cache.resolve())  # before huggingface_hub is imported
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    # The teacher's weights come with the package: only point at the cache, before anything imports huggingface_hub.
+    offline_hf_cache(args.output, install=False)
     from anomalib_dcam.benchmark.records import environment, write_record
+    from anomalib_dcam.benchmark.report import markdown_table
     from anomalib_dcam.data.multiclass import resolve_categories
 
     categories = resolve_categories(args.root, args.categories)
@@ -135,16 +134,14 @@ def main() -> None:
     }
     write_record(args.record, settings, {"leave_one_out": leave_one_out, "one_product": one_product})
     print(f"\nLeave one category out (unknown_rejection_rate {args.rejection_rate}), record {args.record}\n")
-    print("| left out | unseen images flagged | known normals flagged | known defectives flagged |")
-    print("|---|---|---|---|")
-    for name, shares in leave_one_out.items():
-        print(f"| {name} | " + " | ".join(f"{100 * value:.1f} %" for value in shares.values()) + " |")
+    header = ["left out", "unseen images flagged", "known normals flagged", "known defectives flagged"]
+    body = [[name, *(f"{100 * value:.1f} %" for value in shares.values())] for name, shares in leave_one_out.items()]
+    print(markdown_table(header, body))
     print("\nOne-product models\n")
-    print("| product | its normals flagged | other products' images flagged | its defectives flagged |")
-    print("|---|---|---|---|")
-    for name, shares in one_product.items():
-        values = [shares["known_normal_flagged"], shares["unseen_flagged"], shares["known_defective_flagged"]]
-        print(f"| {name} | " + " | ".join(f"{100 * value:.1f} %" for value in values) + " |")
+    header = ["product", "its normals flagged", "other products' images flagged", "its defectives flagged"]
+    order = ("known_normal_flagged", "unseen_flagged", "known_defective_flagged")  # the header's order
+    body = [[name, *(f"{100 * shares[key]:.1f} %" for key in order)] for name, shares in one_product.items()]
+    print(markdown_table(header, body))
     mean_unseen = sum(shares["unseen_flagged"] for shares in leave_one_out.values()) / len(leave_one_out)
     print(f"\nMean share of an unseen product's images flagged: {100 * mean_unseen:.1f} %")
 

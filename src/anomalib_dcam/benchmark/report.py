@@ -29,7 +29,18 @@ from .worker import output_file, read_json
 if TYPE_CHECKING:
     from .runner import JobOutcome
 
-__all__ = ["QUALITY_METRICS", "RESULT_COLUMNS", "column_mean", "job_row", "mean_std", "write_report"]
+__all__ = [
+    "QUALITY_METRICS",
+    "RESULT_COLUMNS",
+    "column_mean",
+    "format_cell",
+    "format_per_seed",
+    "job_row",
+    "markdown_table",
+    "mean_std",
+    "paired_differences",
+    "write_report",
+]
 
 QUALITY_METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Max")
 """Quality columns: from :class:`anomalib_dcam.callbacks.PerCategoryMetrics`, mean over the datamodule's categories."""
@@ -120,21 +131,35 @@ def _write_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: Pat
             writer.writerow({key: "" if is_missing(row.get(key)) else row.get(key) for key in columns})
 
 
+def _grouped(rows: Sequence[dict[str, Any]], *columns: str) -> dict[Any, list[dict[str, Any]]]:
+    """Rows by their value of ``columns`` (a tuple for several columns), groups in the order they first appear."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        key = tuple(row[column] for column in columns) if len(columns) > 1 else row[columns[0]]
+        groups.setdefault(key, []).append(row)
+    return groups
+
+
 # ---------------------------------------------------------------------------------------------------- Markdown
 
 
-def _cell(value: object, digits: int = 3) -> str:
+def format_cell(value: object, digits: int = 3, missing: str = "-") -> str:
+    """A Markdown table cell: a float with ``digits`` decimals, ``missing`` for an undefined value, ``|`` escaped."""
     if is_missing(value):
-        return "-"
+        return missing
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value).replace("|", "\\|")
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table, one line per row, without a trailing newline.
+
+    Cells are written with ``str``: format numbers first (e.g. with :func:`format_cell`).
+    """
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return [*lines, ""]
+    return "\n".join(lines)
 
 
 def _versions() -> str:
@@ -149,16 +174,42 @@ def _job_label(row: dict[str, Any]) -> list[object]:
     return [f"{row['model']}{mark}", row["data"], row["seed"]]
 
 
+def _defined(values: Iterable[Any]) -> list[Any]:
+    """The values that are not undefined (``None``, NaN: e.g. pixel metrics of a category with image labels only)."""
+    return [value for value in values if not is_missing(value)]
+
+
+def _sample_std(values: Sequence[float]) -> float | None:
+    """Sample standard deviation; ``None`` for fewer than two values, which have no spread to estimate."""
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
 def mean_std(values: Sequence[float | None], signed: bool = False) -> str:
     """``mean ± std`` (sample std; ``± -`` for one value) of the defined values; ``signed`` writes the mean's sign.
 
     Undefined values (``None``, NaN: e.g. pixel metrics of a category with image labels only) are left out.
     """
-    values = [value for value in values if not is_missing(value)]
+    values = _defined(values)
     if not values:
         return "-"
-    spread = f"{statistics.stdev(values):.3f}" if len(values) > 1 else "-"
-    return f"{statistics.fmean(values):{'+' if signed else ''}.3f} ± {spread}"
+    spread = _sample_std(values)
+    shown_spread = "-" if spread is None else f"{spread:.3f}"
+    return f"{statistics.fmean(values):{'+' if signed else ''}.3f} ± {shown_spread}"
+
+
+def paired_differences(values_by_seed: Mapping[int, float], baseline_by_seed: Mapping[int, float]) -> dict[int, float]:
+    """``value - baseline`` seed by seed, over the seeds that both have (in the order of ``values_by_seed``).
+
+    Pairing by seed removes what the seed moves both by (same data split, same held-out images).
+    """
+    return {seed: value - baseline_by_seed[seed] for seed, value in values_by_seed.items() if seed in baseline_by_seed}
+
+
+def format_per_seed(values_by_seed: Mapping[int, float], digits: int = 3, seed_labels: bool = True) -> str:
+    """Signed values seed by seed: ``"s0 +0.012, s1 -0.003"``, or ``"+0.012, -0.003"`` without ``seed_labels``."""
+    return ", ".join(
+        (f"s{seed} " if seed_labels else "") + f"{value:+.{digits}f}" for seed, value in values_by_seed.items()
+    )
 
 
 def _markdown(
@@ -190,18 +241,16 @@ def _markdown(
     if full:
         lines += ["## Quality", ""]
         header = ["model", "data", "seed", "weights", "image AUROC", "pixel AUROC", "pixel AUPRO", "image F1Max"]
-        body = [[*_job_label(r), r["weights"], *(_cell(r[m]) for m in QUALITY_METRICS)] for r in full]
-        lines += _table(header, body)
+        body = [[*_job_label(r), r["weights"], *(format_cell(r[m]) for m in QUALITY_METRICS)] for r in full]
+        lines += [markdown_table(header, body), ""]
         if len(config.seeds) > 1:
             lines += [f"Mean ± standard deviation over the seeds {list(config.seeds)}:", ""]
-            groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-            for row in full:
-                groups.setdefault((row["model"], row["data"]), []).append(row)
             body = [
                 [model, data, len(group)] + [mean_std([r[m] for r in group]) for m in QUALITY_METRICS]
-                for (model, data), group in groups.items()
+                for (model, data), group in _grouped(full, "model", "data").items()
             ]
-            lines += _table(["model", "data", "seeds", "image AUROC", "pixel AUROC", "pixel AUPRO", "F1Max"], body)
+            header = ["model", "data", "seeds", "image AUROC", "pixel AUROC", "pixel AUPRO", "F1Max"]
+            lines += [markdown_table(header, body), ""]
     measured = [row for row in rows if not is_missing(row["fit_s"])]
     if measured:
         lines += ["## Training", ""]
@@ -209,15 +258,15 @@ def _markdown(
         body = [
             [
                 *_job_label(r),
-                _cell(r["epochs"]),
-                _cell(r["fit_s"], 0),
-                _cell(r["train_images_per_s"], 1),
-                _cell(r["train_peak_rss_mb"], 0),
-                _cell(None if is_missing(r["params"]) else r["params"] / 1e6, 2),
+                format_cell(r["epochs"]),
+                format_cell(r["fit_s"], 0),
+                format_cell(r["train_images_per_s"], 1),
+                format_cell(r["train_peak_rss_mb"], 0),
+                format_cell(None if is_missing(r["params"]) else r["params"] / 1e6, 2),
             ]
             for r in measured
         ]
-        lines += _table(header, body)
+        lines += [markdown_table(header, body), ""]
         runtimes = config.inference.runtimes
         for measure, title, digits in (
             ("latency_ms", "Latency at batch 1 (ms, median)", 1),
@@ -230,26 +279,26 @@ def _markdown(
                 continue
             lines += [f"## {title}", ""]
             header = ["model", "data", "seed", *(RUNTIME_LABELS[runtime] for runtime in runtimes)]
-            body = [[*_job_label(r), *(_cell(r[f"{rt}_{measure}"], digits) for rt in runtimes)] for r in with_values]
-            lines += _table(header, body)
+            body = [
+                [*_job_label(r), *(format_cell(r[f"{rt}_{measure}"], digits) for rt in runtimes)] for r in with_values
+            ]
+            lines += [markdown_table(header, body), ""]
     multi = [row for row in category_rows if row["category"] not in {"mean", "global"}]
     keys_with_many = {key for key in {r["job_key"] for r in multi} if sum(r["job_key"] == key for r in multi) > 1}
     if keys_with_many:
         lines += ["## Per category (one model for several categories)", ""]
         header = ["model", "data", "seed", "category", "image AUROC", "pixel AUROC", "pixel AUPRO", "image F1Max"]
         body = [
-            [r["model"], r["data"], r["seed"], r["category"], *(_cell(r[m]) for m in QUALITY_METRICS)]
+            [r["model"], r["data"], r["seed"], r["category"], *(format_cell(r[m]) for m in QUALITY_METRICS)]
             for r in category_rows
             if r["job_key"] in keys_with_many
         ]
-        lines += _table(header, body)
+        lines += [markdown_table(header, body), ""]
     others = [row for row in rows if row["status"] in {"skipped", "failed", "pending"}]
     if others:
         lines += ["## Jobs without complete results", ""]
-        lines += _table(
-            ["model", "data", "seed", "status", "reason"],
-            [[*_job_label(r), r["status"], _cell(r["message"])] for r in others],
-        )
+        body = [[*_job_label(r), r["status"], format_cell(r["message"])] for r in others]
+        lines += [markdown_table(["model", "data", "seed", "status", "reason"], body), ""]
     if figures:
         lines += ["## Figures", ""]
         lines += [f"![{figure.stem}]({figure.name})" for figure in figures]
@@ -274,16 +323,9 @@ def _model_colors(models: Sequence[str]) -> dict[str, Any]:
     return {model: palette(index % 10) for index, model in enumerate(models)}
 
 
-def _grouped(rows: Sequence[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(row[key], []).append(row)
-    return groups
-
-
 def column_mean(rows: Sequence[Mapping[str, Any]], column: str) -> float:
     """Mean of a column's defined values (pixel metrics are undefined without masks); NaN when there is none."""
-    values = [row[column] for row in rows if not is_missing(row[column])]
+    values = _defined(row[column] for row in rows)
     return statistics.mean(values) if values else math.nan
 
 
@@ -301,8 +343,7 @@ def _metric_bars(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
         for model_index, model in enumerate(models):
             group = [row for row in data_rows if row["model"] == model]
             means = [column_mean(group, metric) for metric in QUALITY_METRICS]
-            values = [[row[metric] for row in group if not is_missing(row[metric])] for metric in QUALITY_METRICS]
-            errors = [statistics.stdev(found) if len(found) > 1 else 0.0 for found in values]
+            errors = [_sample_std(_defined(row[metric] for row in group)) or 0.0 for metric in QUALITY_METRICS]
             positions = np.arange(len(QUALITY_METRICS)) + (model_index - (len(models) - 1) / 2) * width
             spread = errors if any(errors) else None
             bars = axis.bar(positions, means, width, yerr=spread, label=model, color=colors[model], capsize=3)
