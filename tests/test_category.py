@@ -214,6 +214,31 @@ def test_a_false_alarm_budget_sets_the_threshold_from_the_normals() -> None:
         CategoryPostProcessor(normal_quantile=1.5)
 
 
+@pytest.mark.parametrize(("threshold", "warned"), [("false_alarm_rate", False), ("f1", True)])
+def test_normal_only_validation_warns_only_when_the_rule_needs_defects(
+    threshold: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Held-out training normals are all the false-alarm rule needs; anomalib's F1 rule warns that it lacks defects.
+    post_processor = CategoryPostProcessor(threshold=threshold)
+    paths = [f"a/{index}.png" for index in range(8)]
+    scores = torch.linspace(0.1, 0.8, 8)
+    batch = ImageBatch(
+        image=torch.zeros(8, 3, 4, 4),
+        gt_label=torch.zeros(8, dtype=torch.long),
+        pred_score=scores,
+        anomaly_map=scores[:, None, None].expand(8, 4, 4).clone(),
+        gt_mask=torch.zeros(8, 4, 4, dtype=torch.bool),
+        image_path=paths,
+    )
+    trainer = _validation_trainer(paths, ["a"] * 8)
+    with caplog.at_level("WARNING"):
+        post_processor.on_validation_epoch_start(trainer, None)
+        post_processor.on_validation_batch_end(trainer, None, batch)
+        post_processor.on_validation_epoch_end(trainer, None)
+    assert any("does not contain any anomalous images" in message for message in caplog.messages) is warned
+    assert float(post_processor.image_threshold) >= 0.1  # calibrated either way, from the normals' scores
+
+
 def test_per_category_calibration_restores_the_pooled_ranking() -> None:
     post_processor, features = _calibrated({"a": 1.0, "b": 10.0})
     # Test images of both products: within each, anomalies score higher, but b's normals outscore a's anomalies.

@@ -92,6 +92,21 @@ class ThresholdMethod(str, Enum):
     F1 = "f1"
 
 
+class _NormalOnlyValidationWarning(logging.Filter):
+    """Drops anomalib's F1-threshold warning about a validation set of normal images only.
+
+    The false-alarm rule is made for such a set (held-out training normals): the warning would tell every user of the
+    default to add defective images that the rule does not need.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep every record except that warning."""
+        return "does not contain any anomalous images" not in record.getMessage()
+
+
+_F1_THRESHOLD_LOGGER = logging.getLogger(F1AdaptiveThreshold.__module__)
+
+
 class Normalization(str, Enum):
     """How :class:`CategoryPostProcessor` maps raw scores to deployed ones (option ``normalization``)."""
 
@@ -699,7 +714,14 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Compute the overall calibration from every validation image, then each category's from its own."""
-        super().on_validation_epoch_end(trainer, pl_module)  # anomalib's overall F1 thresholds and min-max ranges
+        silence = _NormalOnlyValidationWarning() if self.threshold == ThresholdMethod.FALSE_ALARM_RATE.value else None
+        if silence is not None:
+            _F1_THRESHOLD_LOGGER.addFilter(silence)
+        try:
+            super().on_validation_epoch_end(trainer, pl_module)  # anomalib's overall F1 thresholds and min-max ranges
+        finally:
+            if silence is not None:
+                _F1_THRESHOLD_LOGGER.removeFilter(silence)
         outputs = self._gathered_outputs(trainer)
         self._outputs = {}
         if not outputs:
