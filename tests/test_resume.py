@@ -37,7 +37,8 @@ def _train(
     crash_at: int | None = None,
 ) -> tuple[Dcam, HeldOutNormalCheckpoint]:
     seed_everything(0)
-    # Dcam's defaults train with synthetic defects: exact resume covers them as well as the data order and the cache.
+    # Dcam's defaults train channels-last with synthetic defects: exact resume covers them as well as the data order
+    # and the cache (whose features must come back in the teacher's layout).
     model = Dcam(backbone="resnet18", pre_trained=False, pre_processor=_pre_processor(), teacher_cache="memory")
     assert model.synthetic_anomalies is not None
     checkpoint = HeldOutNormalCheckpoint(save_last=True)

@@ -139,8 +139,8 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         teacher_cache_max_gb: Most gigabytes the cache may take; further images are recomputed. Defaults to ``4.0``.
         teacher_cache_dtype: ``"float16"`` or ``"float32"`` storage of cached features. Defaults to ``"float16"``.
         teacher_cache_dir: Folder of the ``"disk"`` cache; ``None`` for a temporary folder. Defaults to ``None``.
-        channels_last: Train in the channels-last memory layout (faster for some backbones and precisions on CPU,
-            see docs/training_speed.md). Training-only. Defaults to ``False``.
+        channels_last: Train in the channels-last memory layout, which oneDNN's convolutions prefer (docs/
+            training_speed.md); the plain layout is restored at the end of fit. Training-only. Defaults to ``True``.
         pre_processor: Pre-processor, or ``True`` for anomalib's default (256 px, ImageNet normalisation).
         post_processor: Post-processor, or ``True`` for the default: a :class:`CategoryPostProcessor`, which is
             anomalib's post-processor for one category and recognises the product and calibrates per category for a
@@ -186,7 +186,7 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         teacher_cache_max_gb: float = 4.0,
         teacher_cache_dtype: CacheDtype | str = CacheDtype.FLOAT16,
         teacher_cache_dir: str | Path | None = None,
-        channels_last: bool = False,
+        channels_last: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -328,7 +328,13 @@ class Dcam(OpenVINOQuantizationMixin, AnomalibModule):
         """The teacher's pyramid of ``images``, from the cache where stored; ``None`` when the cache is off."""
         if self.teacher_cache is None:
             return None
-        return cached_teacher_features(self.teacher_cache, self.model.teacher_model, batch.image_path, images)
+        features = cached_teacher_features(self.teacher_cache, self.model.teacher_model, batch.image_path, images)
+        if features is not None and self.channels_last:
+            # A channels-last teacher answers in channels-last, the cache in the plain layout: the loss would reduce
+            # in another order on cache hits, and a resumed run (whose first epoch computes the features) would drift
+            # from the uninterrupted one (which reads them). One layout keeps both exact.
+            features = {level: value.contiguous(memory_format=torch.channels_last) for level, value in features.items()}
+        return features
 
     def training_step(self, batch: Batch, batch_idx: int = 0, *args, **kwargs) -> STEP_OUTPUT:
         """Compute the DCAM loss on a batch of normal images and log every term.
