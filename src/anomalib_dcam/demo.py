@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-channels-last",
         dest="channels_last",
         action="store_false",
-        help="train in the default memory layout instead of channels-last",
+        help="train in the plain (contiguous) memory layout instead of channels-last",
     )
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.image_size < 32 or args.num_train < 2:
