@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
-## test-fast: everything but the subprocess runs of the anomalib command line
+## test-fast: everything but the tests marked slow (anomalib CLI subprocesses, QAT, DDP, benchmark grid, train_speed)
 test-fast: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
 
