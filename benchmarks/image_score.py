@@ -49,7 +49,6 @@ READOUTS = (
     "sum_max",
     *(f"level{level}_{reduction}" for level in range(1, LEVELS + 1) for reduction in ("max", "mean")),
 )
-DERIVED_READOUTS = ("spot_or_shift",)
 METRICS = ("image_AUROC", "image_F1Max")
 
 
@@ -118,7 +117,7 @@ def predict_scores(run: str, checkpoint: Path, root: Path, categories: list[str]
 
 
 def spot_or_shift(scores: dict) -> list[float]:
-    """The :data:`DERIVED_READOUTS` ``spot_or_shift`` score of every image (see the module docstring)."""
+    """The ``spot_or_shift`` score of every image (see the module docstring), from the saved readouts."""
     import torch
 
     categories = scores["category"]
@@ -137,6 +136,10 @@ def spot_or_shift(scores: dict) -> list[float]:
     return combined.tolist()
 
 
+DERIVED_READOUTS = {"spot_or_shift": spot_or_shift}
+"""Readouts computed from the saved scores of the others: name -> function of the saved scores."""
+
+
 def image_metrics(scores: dict, categories: list[str]) -> dict[str, dict[str, dict[str, float]]]:
     """Image metrics of every readout by category, by ``<category> small`` and as the ``mean`` over categories.
 
@@ -150,7 +153,7 @@ def image_metrics(scores: dict, categories: list[str]) -> dict[str, dict[str, di
     small = torch.tensor([0 < area < SMALL_DEFECT for area in scores["defect_fraction"]])
     # A category with image labels only has empty masks: it has no "small" group.
     with_masks = {c for c, a in zip(scores["category"], scores["defect_fraction"], strict=True) if a > 0}
-    derived = {"spot_or_shift": spot_or_shift(scores)}
+    derived = {name: compute(scores) for name, compute in DERIVED_READOUTS.items()}
     by_readout: dict[str, dict[str, dict[str, float]]] = {}
     for readout in (*READOUTS, *DERIVED_READOUTS):
         values = torch.tensor(derived[readout] if readout in derived else scores[readout])

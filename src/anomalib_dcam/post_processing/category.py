@@ -30,7 +30,8 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from enum import Enum
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -105,6 +106,17 @@ class _NormalOnlyValidationWarning(logging.Filter):
 
 
 _F1_THRESHOLD_LOGGER = logging.getLogger(F1AdaptiveThreshold.__module__)
+_NORMAL_ONLY_VALIDATION_WARNING = _NormalOnlyValidationWarning()
+
+
+@contextmanager
+def _normal_only_validation_accepted() -> Iterator[None]:
+    """Within the block, anomalib's F1 threshold does not warn about a validation set without defects."""
+    _F1_THRESHOLD_LOGGER.addFilter(_NORMAL_ONLY_VALIDATION_WARNING)
+    try:
+        yield
+    finally:
+        _F1_THRESHOLD_LOGGER.removeFilter(_NORMAL_ONLY_VALIDATION_WARNING)
 
 
 class Normalization(str, Enum):
@@ -714,14 +726,9 @@ class CategoryPostProcessor(DynamicBufferMixin, PostProcessor):
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Compute the overall calibration from every validation image, then each category's from its own."""
-        silence = _NormalOnlyValidationWarning() if self.threshold == ThresholdMethod.FALSE_ALARM_RATE.value else None
-        if silence is not None:
-            _F1_THRESHOLD_LOGGER.addFilter(silence)
-        try:
+        false_alarm_rule = self.threshold == ThresholdMethod.FALSE_ALARM_RATE.value
+        with _normal_only_validation_accepted() if false_alarm_rule else nullcontext():
             super().on_validation_epoch_end(trainer, pl_module)  # anomalib's overall F1 thresholds and min-max ranges
-        finally:
-            if silence is not None:
-                _F1_THRESHOLD_LOGGER.removeFilter(silence)
         outputs = self._gathered_outputs(trainer)
         self._outputs = {}
         if not outputs:

@@ -6,8 +6,8 @@
 ``Dcam(**STFPM_OPTIONS, lr=0.4, channels_last=False)`` trains exactly like anomalib's ``Stfpm`` (same loss on the same
 batch, same weights after training on the same batches; tests/test_model.py), and faster where the teacher-feature
 cache applies: the cache stores float32 features, so it changes the time and nothing else. Dcam's default
-channels-last layout trains the same model up to float32 rounding (convolutions sum in another order). The benchmarks compare Dcam with Stfpm at
-lr 0.1 this way on grids too long for anomalib's Stfpm on a CPU.
+channels-last layout trains the same model up to float32 rounding (convolutions sum in another order). The benchmarks
+compare Dcam with Stfpm at lr 0.1 this way on grids too long for anomalib's Stfpm on a CPU.
 """
 
 from typing import Any
