@@ -33,6 +33,7 @@ import os
 from pathlib import Path
 
 import torch
+from runs import add_run_arguments
 from torchmetrics.functional.classification import binary_auroc
 from unified import build_run, run_folder
 
@@ -122,10 +123,7 @@ def product_table(way: dict, raw: dict, products: list[str], categories: list[st
 def main() -> None:
     """Score the test images the three ways, write the record and print one Markdown table per way."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=Path("../shared/data/industrial"))
-    parser.add_argument("--categories", nargs="+", default=["bottle", "magnetic_tile"])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    add_run_arguments(parser)
     parser.add_argument("--run", default="dcam_default", help="a unified run of benchmarks/unified.py")
     parser.add_argument("--results", type=Path, default=Path("results/unified"), help="unified.py's --output")
     parser.add_argument("--output", type=Path, default=Path("results/deployed_categories"))

@@ -37,7 +37,7 @@ import json
 import statistics
 from pathlib import Path
 
-from runs import build_model, checkpoint_state_dict, offline_hf_cache
+from runs import add_run_arguments, build_model, checkpoint_state_dict, offline_hf_cache
 from unified import run_folder
 
 LEVELS = 3
@@ -174,10 +174,7 @@ def image_metrics(scores: dict, categories: list[str]) -> dict[str, dict[str, di
 def main() -> None:
     """Re-score the requested runs and seeds and print a Markdown table per run."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=Path("../shared/data/industrial"))
-    parser.add_argument("--categories", nargs="+", default=["bottle", "magnetic_tile"])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_run_arguments(parser, several_seeds=True)
     parser.add_argument("--runs", nargs="+", default=["dcam", "dcam_denoise_p0.5", "stfpm_lr0.1"])
     parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
     parser.add_argument("--output", type=Path, default=Path("results/unified"))

@@ -10,6 +10,7 @@ package; Stfpm reads them from a Hugging Face cache written by :func:`anomalib_d
 same pyramid. Records and docs cite the run names, so a name keeps its arguments.
 """
 
+import argparse
 import os
 from pathlib import Path
 
@@ -143,3 +144,21 @@ def checkpoint_state_dict(model: object, checkpoint: Path) -> dict:
 
     with torch.serialization.safe_globals(list(model.checkpoint_safe_globals())):
         return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, several_seeds: bool = False, root: bool = True) -> None:
+    """Add the arguments that name a unified run: data root, categories, epochs and the seed (or seeds).
+
+    Args:
+        parser: The script's parser.
+        several_seeds: ``--seeds`` (a list, default 0 1 2) instead of ``--seed`` (default 0).
+        root: Add ``--root`` (scripts that only read records have no data to open).
+    """
+    if root:
+        parser.add_argument("--root", type=Path, default=Path("../shared/data/industrial"))
+    parser.add_argument("--categories", nargs="+", default=["bottle", "magnetic_tile"])
+    parser.add_argument("--epochs", type=int, default=5)
+    if several_seeds:
+        parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    else:
+        parser.add_argument("--seed", type=int, default=0)

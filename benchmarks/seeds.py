@@ -17,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+from runs import add_run_arguments
 from unified import record_rows, run_folder
 
 from anomalib_dcam.benchmark.report import (
@@ -52,9 +53,7 @@ def load(
 def main() -> None:
     """Print one table per metric: every row's mean ± std over seeds, then its paired difference to the baseline."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--categories", nargs="+", default=["bottle", "magnetic_tile"])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_run_arguments(parser, several_seeds=True, root=False)
     parser.add_argument("--baseline", default="stfpm_lr0.1:unified")
     parser.add_argument("--rows", nargs="+", default=["dcam:unified"])
     parser.add_argument("--records", type=Path, default=Path(__file__).parent / "records" / "unified")

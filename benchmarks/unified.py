@@ -38,7 +38,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from runs import BACKBONE, RUNS, build_model, checkpoint_state_dict, offline_hf_cache
+from runs import BACKBONE, RUNS, add_run_arguments, build_model, checkpoint_state_dict, offline_hf_cache
 
 # Trainer, data-loader and Dcam settings of each --speed profile. "fast" matches the configs' defaults
 # (docs/training_speed.md); "bf16" adds bf16 mixed precision; "reference" is float32, teacher recomputed, 2 workers.
@@ -168,10 +168,7 @@ def record_rows(record: dict | list) -> list[dict]:
 def main() -> None:
     """Run the requested settings and print a Markdown table per category."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=Path("../shared/data/industrial"))
-    parser.add_argument("--categories", nargs="+", default=["bottle", "magnetic_tile"])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    add_run_arguments(parser)
     parser.add_argument("--runs", nargs="+", default=["dcam:unified", "stfpm_lr0.1:unified", "stfpm_lr0.1:one_class"])
     parser.add_argument("--speed", choices=sorted(SPEED_PROFILES), default="fast")
     parser.add_argument("--selection", choices=sorted(SELECTIONS), default="held_out")
