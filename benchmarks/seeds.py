@@ -63,6 +63,14 @@ def main() -> None:
         default=None,
         help="read the --epochs milestone of runs this long (unified.py --milestones), e.g. --epochs 5 --of-epochs 20",
     )
+    parser.add_argument(
+        "--milestone-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="with --of-epochs: only these seeds are read from the milestones, the others from runs of --epochs "
+        "epochs (a milestone is the model a run of --epochs epochs selects: no schedule depends on the length)",
+    )
     args = parser.parse_args()
     try:
         for spec in [args.baseline, *args.rows]:
@@ -70,19 +78,26 @@ def main() -> None:
     except ValueError as error:
         parser.error(str(error))
 
+    if args.milestone_seeds and args.of_epochs is None:
+        parser.error("--milestone-seeds needs --of-epochs (the length of the runs whose milestones are read)")
+
+    def of_epochs(seed: int) -> int | None:
+        return args.of_epochs if args.milestone_seeds is None or seed in args.milestone_seeds else None
+
     columns = [*args.categories, "mean"]
     specs = [args.baseline, *[row for row in args.rows if row != args.baseline]]
     recorded: dict[str, dict[int, dict[str, dict]]] = {}  # spec -> seed -> rows by category, recorded seeds only
     for spec in specs:
         loaded = {
-            seed: load(args.records, args.categories, args.epochs, seed, spec, args.of_epochs) for seed in args.seeds
+            seed: load(args.records, args.categories, args.epochs, seed, spec, of_epochs(seed)) for seed in args.seeds
         }
         recorded[spec] = {seed: rows for seed, rows in loaded.items() if rows is not None}
         missing = [seed for seed, rows in loaded.items() if rows is None]
         if missing:
             print(f"note: {spec} has no record for seed(s) {missing}; its cells use the other seeds")
 
-    print(f"\n{'+'.join(args.categories)}, {args.epochs} epochs, seeds {args.seeds}")
+    milestones = "" if args.of_epochs is None else f" (seeds {args.milestone_seeds or args.seeds}: of {args.of_epochs})"
+    print(f"\n{'+'.join(args.categories)}, {args.epochs} epochs{milestones}, seeds {args.seeds}")
     for metric in QUALITY_METRICS:
         print(f"\n{metric}: mean ± std over seeds (n seeds)\n")
         body = []
