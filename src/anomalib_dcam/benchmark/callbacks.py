@@ -75,16 +75,10 @@ class TrainingMonitor(Callback):
         self._validation_start = time.perf_counter()
 
     def on_validation_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, *_: int
     ) -> None:
         """Count the validation images of a training epoch (not those of a sanity check)."""
-        del pl_module, outputs, batch_idx, dataloader_idx
+        del pl_module, outputs
         if self.epochs and not trainer.sanity_checking:
             self.epochs[-1]["val_images"] += _batch_size(batch)
 
