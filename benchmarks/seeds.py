@@ -15,6 +15,7 @@ Example:
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from runs import add_run_arguments
@@ -27,6 +28,7 @@ from anomalib_dcam.benchmark.report import (
     mean_std,
     paired_differences,
 )
+from anomalib_dcam.callbacks.per_category import is_missing
 
 
 def parse_row(spec: str) -> tuple[str, str]:
@@ -118,6 +120,40 @@ def main() -> None:
             cells = [mean_std(list(differences[column].values()), signed=True) for column in columns]
             body.append([spec, len(differences["mean"]), *cells, format_per_seed(differences["mean"])])
         print(markdown_table(["row", "seeds", *columns, "per seed (mean)"], body))
+        print(f"\n{metric}: paired difference of the mean over the other categories, leaving each one out\n")
+        body = [
+            [
+                spec,
+                *(
+                    leave_one_out(recorded[spec], recorded[args.baseline], args.categories, left_out, metric)
+                    for left_out in args.categories
+                ),
+            ]
+            for spec in specs[1:]
+        ]
+        print(markdown_table(["row", *(f"without {category}" for category in args.categories)], body))
+
+
+def leave_one_out(
+    rows: dict[int, dict], baseline: dict[int, dict], categories: list[str], left_out: str, metric: str
+) -> str:
+    """``mean ± std`` over the paired seeds of the difference of the mean over every category but ``left_out``.
+
+    Does a row's lead depend on one category? Categories where either row leaves the metric undefined (pixel metrics
+    of a category with image labels only) are not in the means.
+    """
+    differences = []
+    for seed in rows.keys() & baseline.keys():
+        pairs = [
+            (rows[seed][category][metric], baseline[seed][category][metric])
+            for category in categories
+            if category != left_out
+            and not is_missing(rows[seed][category][metric])
+            and not is_missing(baseline[seed][category][metric])
+        ]
+        if pairs:
+            differences.append(statistics.fmean(value - reference for value, reference in pairs))
+    return mean_std(differences, signed=True)
 
 
 if __name__ == "__main__":
