@@ -7,8 +7,10 @@ For one trained Dcam checkpoint and the test images of the given categories: exp
 FP32, FP16, INT8 weights-only, INT8_PTQ with each calibration source, INT8_ACQ; QAT IRs with ``--qat-ir``), score
 every test image with each precision in a fresh subprocess (so that peak memory is each precision's own), time it
 with :mod:`anomalib_dcam.benchmark.timing` (the timing of ``anomalib-dcam benchmark``), and compute image AUROC, pixel
-AUROC and AUPRO per category with the drop against eager FP32 PyTorch. Writes ``results.csv`` and ``results.md``;
-finished exports and measurements are reused (delete a precision's folders under ``ir/`` and ``runs/`` to redo it).
+AUROC and AUPRO per category with the drop against eager FP32 PyTorch. Writes ``results.csv``, ``results.md`` and
+``record.json`` (:mod:`anomalib_dcam.benchmark.records`: the settings below, provenance and the rows). Finished exports
+and measurements are reused only under the same settings (``settings.json``: the checkpoint's SHA-256, data, export
+and measuring options, package versions); an output folder of other settings is refused, naming the differences.
 docs/deployment.md describes every column and setting.
 
 Example:
@@ -17,6 +19,7 @@ Example:
 """
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomalib_dcam.benchmark import timing
-from anomalib_dcam.benchmark.records import write_json
+from anomalib_dcam.benchmark.records import environment, jsonable, settings_difference, write_json, write_record
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,6 +51,14 @@ EXPORTS: dict[str, tuple[str, str | None]] = {
 QAT = "ov_int8_qat"  # prefix: ``ov_int8_qat_<label>`` for ``--qat-ir <label>=<xml>``
 ALL_PRECISIONS = [EAGER, *EXPORTS]
 METRICS = ("image_AUROC", "pixel_AUROC", "AUPRO")
+MEASURE_OPTIONS = (
+    "precision_hint",
+    "num_threads",
+    "warmup",
+    "latency_iterations",
+    "throughput_images",
+    "torch_batch_size",
+)
 TIMING_IMAGES = 16  # the latency loop cycles over this many test images
 
 
@@ -86,6 +97,56 @@ def load_model(args: argparse.Namespace) -> "Dcam":
     for name in ("image_min", "pixel_min", "image_max", "pixel_max", "_image_threshold", "_pixel_threshold"):
         getattr(post_processor, name).fill_(1.0 if name.endswith("max") else 0.0 if name.endswith("min") else 0.5)
     return model
+
+
+def _digest(*paths: Path) -> str:
+    """SHA-256 of the files' bytes: a checkpoint or an IR is the same model only if its bytes are."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything that decides the figures: model, test data, export and measuring settings, package versions.
+
+    The precisions measured are not part of it: a later run may add precisions to the same folder.
+    """
+    if args.speed_only:
+        model = {"speed_only": True, "dcam_options": args.dcam_options}
+    else:
+        model = {"checkpoint": str(args.ckpt_path), "sha256": _digest(args.ckpt_path)}
+    qat_irs = {name: _digest(xml, xml.with_suffix(".bin")) for name, xml in sorted(args.qat_irs.items())}
+    return {
+        "model": model,
+        "data": {"root": str(args.root.resolve()), "categories": args.categories, "input_size": args.input_size},
+        "export": {
+            "num_calibration_images": args.num_calibration_images,
+            "acq_metric": args.acq_metric,
+            "acq_max_drop": args.acq_max_drop,
+            "qat_irs_sha256": qat_irs,
+        },
+        "measure": {name: getattr(args, name) for name in MEASURE_OPTIONS},
+        "environment": environment(),
+    }
+
+
+def check_reusable(output: Path, settings: dict[str, Any]) -> None:
+    """Exit with the differences when ``output`` holds exports or measurements of other settings (nothing is lost)."""
+    stored = output / "settings.json"
+    if stored.is_file():
+        differences = settings_difference(json.loads(stored.read_text()), jsonable(settings))
+    else:
+        made = any((output / folder).exists() for folder in ("ir", "runs"))
+        differences = ["settings.json: (absent: made by an earlier version of this script)"] if made else []
+    if differences:
+        shown = "; ".join(differences[:8]) + (f"; and {len(differences) - 8} more" if len(differences) > 8 else "")
+        sys.exit(
+            f"--output {output} holds exports and measurements of other settings ({shown}). Pass another --output, "
+            "or delete that folder to measure anew."
+        )
 
 
 def prepare_test_data(args: argparse.Namespace) -> None:
@@ -491,8 +552,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage is not None:
         (stage_export if args.stage == "export" else stage_measure)(args)
         return
-    args.output.mkdir(parents=True, exist_ok=True)
-    write_json(args.output / "settings.json", {key: str(value) for key, value in vars(args).items()})
+    settings = run_settings(args)
+    check_reusable(args.output, settings)
+    write_json(args.output / "settings.json", jsonable(settings))
     data_ready = (args.output / "test_images.npy").is_file() and (args.output / "ground_truth.npz").is_file()
     if not data_ready or any(name in EXPORTS and not ir_path(args.output, name).is_file() for name in args.precisions):
         _run_stage(passed_on, "export")
@@ -502,7 +564,9 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(f"[measure] {name}", flush=True)
         _run_stage(passed_on, "measure", name)
-    write_reports(args, report(args, args.precisions))
+    rows = report(args, args.precisions)
+    write_reports(args, rows)
+    write_record(args.output / "record.json", settings, rows)
     print((args.output / "results.md").read_text())
 
 

@@ -398,3 +398,20 @@ def test_deployment_script_times_every_precision_with_its_settings(tmp_path: Pat
     assert rows["ov_fp32"]["precision_hint"] == "f32"
     assert rows["ov_fp32"]["api"] == "sync latency; async queue throughput"
     assert "Dcam(image_score_top_fraction=0.0) with random weights" in (output / "results.md").read_text()
+    record = json.loads((output / "record.json").read_text())
+    assert record["settings"]["measure"]["latency_iterations"] == 3
+    assert {row["precision"] for row in record["results"]} == {"torch_fp32", "ov_fp32"}
+
+    # The same settings reuse every measurement; other settings are refused, naming what differs, and lose nothing.
+    again = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "[skip] ov_fp32: already measured" in again.stdout
+    changed = [
+        *command[: command.index("--latency-iterations") + 1],
+        "4",
+        *command[command.index("--throughput-images") :],
+    ]
+    refused = subprocess.run(changed, capture_output=True, text=True, env=subprocess_env(), check=False)
+    assert refused.returncode != 0
+    assert "measure.latency_iterations: 3 -> 4" in refused.stderr
+    assert (output / "runs" / "ov_fp32" / "measure.json").is_file()
