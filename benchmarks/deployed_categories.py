@@ -19,8 +19,9 @@ time). Per product (the folder an image comes from), for each way:
 - ``normals_unknown`` / ``defects_unknown``: the share flagged as an unknown product (against the
   ``unknown_rejection_rate`` budget) and ``recognised``: the share given its own product.
 
-Predictions are saved to ``<output>/<run folder>/predictions_<way>.pt`` before any figure; a record
-(:mod:`anomalib_dcam.benchmark.records`) stores the unified run's settings, the export settings and the table.
+Predictions are saved to ``<output>/<run folder>/<run>/<checkpoint SHA-256, 16 digits>/predictions_<way>.pt`` before
+any figure; a record (:mod:`anomalib_dcam.benchmark.records`) stores the unified run's settings, the export settings
+and the table.
 
 Example:
     python benchmarks/unified.py --categories bottle magnetic_tile --epochs 5 --seed 0 --runs dcam_default:unified
@@ -141,7 +142,7 @@ def main() -> None:
         )
     os.environ["HF_HUB_OFFLINE"] = "1"
     from anomalib_dcam import Dcam
-    from anomalib_dcam.benchmark.records import load_matching, write_record
+    from anomalib_dcam.benchmark.records import file_digest, load_matching, write_record
     from anomalib_dcam.benchmark.report import markdown_table
     from anomalib_dcam.data.multiclass import categories_by_image_path
     from anomalib_dcam.deploy import NormalsCalibration, export_openvino
@@ -158,9 +159,11 @@ def main() -> None:
     if built != trained["settings"]["runs"][0]:
         parser.error(f"{unified_record} was trained with other settings than --run {args.run} builds today; rerun it")
     datamodule.setup()
-    model = Dcam.load_from_checkpoint(checkpoints[0], map_location="cpu", weights_only=True).eval()
+    checkpoint = max(checkpoints, key=lambda path: path.stat().st_mtime)  # a rerun of unified.py adds a version
+    model = Dcam.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
     model.visualizer = None  # scores only
-    output = args.output / folder / args.run
+    # The saved predictions and IRs belong to these weights: a retrained model gets a folder of its own.
+    output = args.output / folder / args.run / file_digest(checkpoint)[:16]
     output.mkdir(parents=True, exist_ok=True)
     raw = saved(output / "predictions_raw.pt", lambda: torch_predictions(model, datamodule, False, output))
     raw["gt_label"] = [int(label) for label in raw.pop("pred_label")]

@@ -19,7 +19,6 @@ Example:
 """
 
 import argparse
-import hashlib
 import json
 import subprocess
 import sys
@@ -30,7 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomalib_dcam.benchmark import timing
-from anomalib_dcam.benchmark.records import environment, jsonable, settings_difference, write_json, write_record
+from anomalib_dcam.benchmark.records import (
+    environment,
+    file_digest,
+    jsonable,
+    settings_difference,
+    write_json,
+    write_record,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -99,16 +105,6 @@ def load_model(args: argparse.Namespace) -> "Dcam":
     return model
 
 
-def _digest(*paths: Path) -> str:
-    """SHA-256 of the files' bytes: a checkpoint or an IR is the same model only if its bytes are."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with path.open("rb") as file:
-            for chunk in iter(lambda: file.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Everything that decides the figures: model, test data, export and measuring settings, package versions.
 
@@ -117,8 +113,8 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.speed_only:
         model = {"speed_only": True, "dcam_options": args.dcam_options}
     else:
-        model = {"checkpoint": str(args.ckpt_path), "sha256": _digest(args.ckpt_path)}
-    qat_irs = {name: _digest(xml, xml.with_suffix(".bin")) for name, xml in sorted(args.qat_irs.items())}
+        model = {"checkpoint": str(args.ckpt_path), "sha256": file_digest(args.ckpt_path)}
+    qat_irs = {name: file_digest(xml, xml.with_suffix(".bin")) for name, xml in sorted(args.qat_irs.items())}
     return {
         "model": model,
         "data": {"root": str(args.root.resolve()), "categories": args.categories, "input_size": args.input_size},

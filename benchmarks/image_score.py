@@ -24,9 +24,10 @@ All of them are inference-only: they change no weight and need no retraining. Im
 category, on each category's small defects (its normal images against its defects that cover less than 1 % of the
 image, where a top-k mean could dilute the defect) and as the mean over categories, for each readout, as mean ± std
 over seeds with the per-seed paired difference to ``max``. Each model's per-image scores are saved first
-(``image_scores.json`` next to its checkpoint); each (run, seed) then writes a record into
-``<records>/<folder>/<run>.json`` (:mod:`anomalib_dcam.benchmark.records`) whose settings include the trained model's
-record, and is skipped only when that record matches, so the study can grow as more models are trained.
+(``image_scores_<checkpoint SHA-256, 16 digits>.json`` next to its checkpoint); each (run, seed) then writes a
+record into ``<records>/<folder>/<run>.json`` (:mod:`anomalib_dcam.benchmark.records`) whose settings include the
+trained model's record, and is skipped only when that record matches, so the study can grow as more models are
+trained.
 
 Example:
     python benchmarks/image_score.py --seeds 0 1 2 --runs dcam dcam_denoise_p0.5 stfpm_lr0.1
@@ -187,7 +188,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     offline_hf_cache(args.output)  # before the imports below, which import huggingface_hub
-    from anomalib_dcam.benchmark.records import load_matching, write_record
+    from anomalib_dcam.benchmark.records import file_digest, load_matching, write_record
     from anomalib_dcam.benchmark.report import format_per_seed, markdown_table, mean_std, paired_differences
 
     results: dict[str, dict[int, dict]] = {}
@@ -215,7 +216,8 @@ def main() -> None:
                     flush=True,
                 )
                 continue
-            saved = checkpoints[0].parent / "image_scores.json"  # predictions first, metrics from them
+            # Predictions first, metrics from them; named after the weights, so a retrained model is scored anew.
+            saved = checkpoints[0].parent / f"image_scores_{file_digest(checkpoints[0])[:16]}.json"
             scores = json.loads(saved.read_text()) if saved.is_file() else {}
             if not set(READOUTS) <= set(scores):  # not saved yet, or saved before a readout was added
                 print(f"[score] {run} seed {seed}: {checkpoints[0]}", flush=True)

@@ -25,6 +25,7 @@ Example:
 """
 
 import enum
+import hashlib
 import inspect
 import json
 import logging
@@ -40,6 +41,7 @@ from typing import Any
 __all__ = [
     "PACKAGES",
     "environment",
+    "file_digest",
     "jsonable",
     "load_matching",
     "make_record",
@@ -190,6 +192,16 @@ def provenance(repository: str | Path | None = None) -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def file_digest(*paths: str | Path) -> str:
+    """SHA-256 of the files' bytes, in order: a checkpoint or an IR is the same model only if its bytes are."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with Path(path).open("rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def make_record(settings: Mapping[str, Any], results: Any, **extra: Any) -> dict[str, Any]:
