@@ -3,6 +3,7 @@
 
 """Records that store the fully resolved settings and are reused only for exactly those settings."""
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -10,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from anomalib_dcam import Dcam
-from anomalib_dcam.benchmark.records import load_matching, run_settings, settings_difference, write_record
+from anomalib_dcam.benchmark.records import (
+    file_digest,
+    load_matching,
+    run_settings,
+    settings_difference,
+    write_record,
+)
 from anomalib_dcam.data import MultiClassMVTec
 
 TRAINER = {"max_epochs": 5, "accelerator": "cpu", "precision": "32-true"}
@@ -68,3 +75,13 @@ def test_a_record_without_settings_is_not_reused(tmp_path: Path, texture_root: P
     path.write_text(json.dumps([{"category": "brick", "image_AUROC": 0.9}]))  # the rows-only format of older records
     assert load_matching(path, _settings(texture_root)) is None
     assert load_matching(tmp_path / "missing.json", _settings(texture_root)) is None
+
+
+def test_file_digest_follows_the_bytes_of_every_file(tmp_path: Path) -> None:
+    first, second = tmp_path / "model.xml", tmp_path / "model.bin"
+    first.write_bytes(b"graph")
+    second.write_bytes(b"weights" * 200_000)  # more than one read chunk
+    digest = file_digest(first, second)
+    assert digest == hashlib.sha256(b"graph" + b"weights" * 200_000).hexdigest()
+    second.write_bytes(b"weights" * 199_999 + b"weighTs")
+    assert file_digest(first, second) != digest
