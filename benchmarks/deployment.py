@@ -34,6 +34,7 @@ from anomalib_dcam.benchmark.records import (
     file_digest,
     jsonable,
     settings_difference,
+    summarize,
     write_json,
     write_record,
 )
@@ -105,7 +106,7 @@ def load_model(args: argparse.Namespace) -> "Dcam":
     return model
 
 
-def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+def deployment_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Everything that decides the figures: model, test data, export and measuring settings, package versions.
 
     The precisions measured are not part of it: a later run may add precisions to the same folder.
@@ -138,10 +139,9 @@ def check_reusable(output: Path, settings: dict[str, Any]) -> None:
         made = any((output / folder).exists() for folder in ("ir", "runs"))
         differences = ["settings.json: (absent: made by an earlier version of this script)"] if made else []
     if differences:
-        shown = "; ".join(differences[:8]) + (f"; and {len(differences) - 8} more" if len(differences) > 8 else "")
         sys.exit(
-            f"--output {output} holds exports and measurements of other settings ({shown}). Pass another --output, "
-            "or delete that folder to measure anew."
+            f"--output {output} holds exports and measurements of other settings ({summarize(differences)}). Pass "
+            "another --output, or delete that folder to measure anew."
         )
 
 
@@ -548,7 +548,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage is not None:
         (stage_export if args.stage == "export" else stage_measure)(args)
         return
-    settings = run_settings(args)
+    settings = deployment_settings(args)
     check_reusable(args.output, settings)
     write_json(args.output / "settings.json", jsonable(settings))
     data_ready = (args.output / "test_images.npy").is_file() and (args.output / "ground_truth.npz").is_file()

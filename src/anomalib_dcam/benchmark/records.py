@@ -49,6 +49,7 @@ __all__ = [
     "provenance",
     "run_settings",
     "settings_difference",
+    "summarize",
     "write_json",
     "write_record",
 ]
@@ -247,6 +248,12 @@ def settings_difference(stored: Any, wanted: Any) -> list[str]:
     return lines
 
 
+def summarize(differences: list[str], shown: int = 8) -> str:
+    """The first ``shown`` lines of :func:`settings_difference`, joined, and how many more there are."""
+    more = f"; and {len(differences) - shown} more" if len(differences) > shown else ""
+    return "; ".join(differences[:shown]) + more
+
+
 def load_matching(path: str | Path, settings: Mapping[str, Any]) -> dict[str, Any] | None:
     """The record at ``path`` if it was produced with exactly ``settings``, else ``None`` (the run is due).
 
@@ -273,7 +280,8 @@ def load_matching(path: str | Path, settings: Mapping[str, Any]) -> dict[str, An
         return None
     differences = settings_difference(record["settings"], jsonable(settings))
     if differences:
-        shown = "; ".join(differences[:8]) + (f"; and {len(differences) - 8} more" if len(differences) > 8 else "")
-        logger.warning("Record %s was produced with other settings (%s); the run is due again.", path, shown)
+        logger.warning(
+            "Record %s was produced with other settings (%s); the run is due again.", path, summarize(differences)
+        )
         return None
     return record
