@@ -78,33 +78,18 @@ def main() -> None:
     parser.add_argument("--records", type=Path, default=Path(__file__).parent / "records" / "demo")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the report's imports, which import huggingface_hub
-    from anomalib_dcam.benchmark.report import format_per_seed, markdown_table, mean_std, paired_differences
+    from anomalib_dcam.benchmark.report import seed_tables
 
     variants = [args.baseline, *[variant for variant in args.variants if variant != args.baseline]]
-    records = {
+    records = {  # seed by seed, so that a drift of the machine spreads over every variant
         (variant, seed): run(variant, seed, args.records, args.epochs, args.num_train)
         for seed in args.seeds
         for variant in variants
     }
-    print(f"\nbrick demo, {args.epochs} epochs, seeds {args.seeds}: mean ± std over seeds\n")
-    body = [
-        [variant, *(mean_std([records[variant, seed][metric] for seed in args.seeds]) for metric in METRICS)]
-        for variant in variants
-    ]
-    print(markdown_table(["variant", *METRICS], body))
-    print(f"\npaired difference to {args.baseline} (per seed: image AUROC)\n")
-    body = []
-    for variant in variants[1:]:
-        differences = {
-            metric: paired_differences(
-                {seed: records[variant, seed][metric] for seed in args.seeds},
-                {seed: records[args.baseline, seed][metric] for seed in args.seeds},
-            )
-            for metric in METRICS
-        }
-        cells = [mean_std(list(differences[metric].values()), signed=True) for metric in METRICS]
-        body.append([variant, *cells, format_per_seed(differences["image_AUROC"])])
-    print(markdown_table(["variant", *METRICS, "image AUROC per seed"], body))
+    values = {variant: {seed: records[variant, seed] for seed in args.seeds} for variant in variants}
+    summary, paired = seed_tables(values, METRICS, args.baseline, per_seed_column="image_AUROC", label="variant")
+    print(f"\nbrick demo, {args.epochs} epochs, seeds {args.seeds}: mean ± std over seeds\n\n{summary}")
+    print(f"\npaired difference to {args.baseline}\n\n{paired}")
 
 
 if __name__ == "__main__":

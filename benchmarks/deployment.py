@@ -349,29 +349,26 @@ def stage_measure(args: argparse.Namespace) -> None:
 
 
 def compute_metrics(predictions: dict, ground_truth: dict, selection: "np.ndarray") -> dict[str, float]:
-    """Image AUROC, pixel AUROC and AUPRO (FPR limit 0.3) of the selected images, with anomalib's metrics."""
-    import numpy as np
+    """Image AUROC, pixel AUROC and AUPRO (FPR limit 0.3) of the selected images, computed as in PerCategoryMetrics."""
     import torch
-    from anomalib.data import ImageBatch
-    from anomalib.metrics import AUPRO, AUROC
 
-    metrics = {
-        "image_AUROC": AUROC(fields=["pred_score", "gt_label"]),
-        "pixel_AUROC": AUROC(fields=["anomaly_map", "gt_mask"]),
-        "AUPRO": AUPRO(fields=["anomaly_map", "gt_mask"], fpr_limit=0.3),
+    from anomalib_dcam.callbacks import compute_anomaly_metrics
+
+    def selected(array: "np.ndarray") -> torch.Tensor:
+        return torch.from_numpy(array[selection])
+
+    metrics = compute_anomaly_metrics(
+        selected(predictions["pred_score"]),
+        selected(ground_truth["gt_label"]),
+        selected(predictions["anomaly_map"]),
+        selected(ground_truth["gt_mask"]),
+        fpr_limit=0.3,
+    )
+    return {
+        "image_AUROC": metrics["image_AUROC"],
+        "pixel_AUROC": metrics["pixel_AUROC"],
+        "AUPRO": metrics["pixel_AUPRO"],
     }
-    indices = np.flatnonzero(selection)
-    for chunk in np.array_split(indices, max(1, len(indices) // 16)):
-        batch = ImageBatch(
-            image=torch.zeros(len(chunk), 3, 1, 1),  # the metrics read scores, maps and ground truth only
-            gt_label=torch.from_numpy(ground_truth["gt_label"][chunk]).bool(),
-            gt_mask=torch.from_numpy(ground_truth["gt_mask"][chunk]).bool(),
-            pred_score=torch.from_numpy(predictions["pred_score"][chunk]).float(),
-            anomaly_map=torch.from_numpy(predictions["anomaly_map"][chunk]).float(),
-        )
-        for metric in metrics.values():
-            metric.update(batch)
-    return {name: float(metric.compute()) for name, metric in metrics.items()}
 
 
 REPORTED = ("latency_ms", "latency_p90_ms", "throughput_images_per_s", "throughput_batch_size", "peak_rss_mb")

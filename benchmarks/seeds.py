@@ -21,13 +21,7 @@ from pathlib import Path
 from runs import add_run_arguments
 from unified import record_rows, run_folder
 
-from anomalib_dcam.benchmark.report import (
-    QUALITY_METRICS,
-    format_per_seed,
-    markdown_table,
-    mean_std,
-    paired_differences,
-)
+from anomalib_dcam.benchmark.report import QUALITY_METRICS, markdown_table, mean_std, seed_tables
 from anomalib_dcam.callbacks.per_category import is_missing
 
 
@@ -101,25 +95,14 @@ def main() -> None:
     milestones = "" if args.of_epochs is None else f" (seeds {args.milestone_seeds or args.seeds}: of {args.of_epochs})"
     print(f"\n{'+'.join(args.categories)}, {args.epochs} epochs{milestones}, seeds {args.seeds}")
     for metric in QUALITY_METRICS:
-        print(f"\n{metric}: mean ± std over seeds (n seeds)\n")
-        body = []
-        for spec in specs:
-            cells = [mean_std([rows[column][metric] for rows in recorded[spec].values()]) for column in columns]
-            body.append([spec, len(recorded[spec]), *cells])
-        print(markdown_table(["row", "n", *columns], body))
+        values = {
+            spec: {seed: {column: rows[column][metric] for column in columns} for seed, rows in recorded[spec].items()}
+            for spec in specs
+        }
+        summary, paired = seed_tables(values, columns, args.baseline, per_seed_column="mean")
+        print(f"\n{metric}: mean ± std over seeds (n seeds)\n\n{summary}")
         print(f"\n{metric}: paired difference to {args.baseline}, per seed (mean ± std over the paired seeds)\n")
-        body = []
-        for spec in specs[1:]:
-            differences = {
-                column: paired_differences(
-                    {seed: rows[column][metric] for seed, rows in recorded[spec].items()},
-                    {seed: rows[column][metric] for seed, rows in recorded[args.baseline].items()},
-                )
-                for column in columns
-            }
-            cells = [mean_std(list(differences[column].values()), signed=True) for column in columns]
-            body.append([spec, len(differences["mean"]), *cells, format_per_seed(differences["mean"])])
-        print(markdown_table(["row", "seeds", *columns, "per seed (mean)"], body))
+        print(paired)
         print(f"\n{metric}: paired difference of the mean over the other categories, leaving each one out\n")
         body = [
             [

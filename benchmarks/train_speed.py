@@ -139,13 +139,13 @@ def _split_cell(split: dict[str, float] | None) -> str:
 def worker(args: argparse.Namespace) -> None:
     """Train one setting and write its timings as JSON."""
     import torch
-    from anomalib.engine import Engine
     from lightning.pytorch import Callback, seed_everything
 
     from anomalib_dcam import Dcam
     from anomalib_dcam.benchmark.callbacks import TrainingMonitor
     from anomalib_dcam.benchmark.records import load_matching, run_settings, write_record
     from anomalib_dcam.benchmark.timing import peak_rss_mb
+    from anomalib_dcam.benchmark.training import timed_fit
     from anomalib_dcam.data import MultiClassMVTec
 
     model_name, options, precision, num_workers = SETTINGS[args.setting]
@@ -206,14 +206,6 @@ def worker(args: argparse.Namespace) -> None:
     profile = StepProfile(model) if model_name == "Dcam" else None
     timer = ProfiledMonitor()
     trainer = {"max_epochs": args.epochs, "accelerator": "cpu", "devices": 1, "precision": precision}
-    engine = Engine(
-        **trainer,
-        default_root_dir=args.run_dir,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[FixedSubset(), timer],
-    )
     settings = run_settings(
         model,
         datamodule,
@@ -228,7 +220,8 @@ def worker(args: argparse.Namespace) -> None:
     if load_matching(args.result, settings) is not None:
         print(f"[skip] {args.backbone} {args.setting}: recorded with the same settings in {args.result}", flush=True)
         return
-    engine.fit(model=model, datamodule=datamodule)
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False}
+    timed_fit(model, datamodule, args.run_dir, [FixedSubset(), timer], **trainer, **quiet)
     epochs = timer.epochs
     steady = epochs[1:] or epochs
     parts = [epoch["step_parts_s"] for epoch in steady if epoch["step_parts_s"] is not None]

@@ -34,7 +34,6 @@ Example:
 
 import argparse
 import platform
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -138,24 +137,20 @@ def train_and_test(
     Returns:
         ``{epochs: rows}`` for the whole run and each milestone.
     """
-    from anomalib.engine import Engine
-
+    from anomalib_dcam.benchmark.training import timed_fit, timed_test
     from anomalib_dcam.callbacks import HeldOutNormalCheckpoint, PerCategoryMetrics
 
     report = PerCategoryMetrics(output_dir=run_dir, global_pixel_metrics=global_pixel_metrics, save_scores=True)
     checkpoint = HeldOutNormalCheckpoint(milestones=milestones)
     # Without it, anomalib's own checkpoint keeps the last epoch, and the model in memory is tested.
     callbacks = [checkpoint, report] if selection == "held_out" else [report]
-    engine = Engine(**trainer, default_root_dir=run_dir, logger=False, callbacks=callbacks)
-    start = time.perf_counter()
-    engine.fit(model=model, datamodule=datamodule)
-    fit_seconds = round(time.perf_counter() - start, 1)
-    engine.test(model=model, datamodule=datamodule, verbose=False)
-    results = {trainer["max_epochs"]: [{**row, "fit_seconds": fit_seconds} for row in report.results]}
+    engine, fit_seconds = timed_fit(model, datamodule, run_dir, callbacks, **trainer)
+    timed_test(engine, model, datamodule)
+    results = {trainer["max_epochs"]: [{**row, "fit_seconds": round(fit_seconds, 1)} for row in report.results]}
     for epochs in milestones:
         model.load_state_dict(checkpoint_state_dict(model, checkpoint.milestone_path(epochs)))
         report.output_dir = run_dir / f"epoch{epochs}"
-        engine.test(model=model, datamodule=datamodule, verbose=False)
+        timed_test(engine, model, datamodule)
         results[epochs] = [dict(row) for row in report.results]
     return results
 

@@ -17,7 +17,7 @@ import yaml
 
 from anomalib_dcam.benchmark import callbacks, main, timing
 from anomalib_dcam.benchmark.config import ConfigError, load_config, parse_config
-from anomalib_dcam.benchmark.report import QUALITY_METRICS, RESULT_COLUMNS
+from anomalib_dcam.benchmark.report import QUALITY_METRICS, RESULT_COLUMNS, seed_tables
 from conftest import requires_lite0, subprocess_env
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -225,6 +225,20 @@ def test_latency_is_the_median_of_timed_calls_after_the_warm_up() -> None:
     assert stats["latency_p90_ms"] == pytest.approx(61.6)
 
 
+
+def test_seed_tables_pair_rows_with_the_baseline_seed_by_seed() -> None:
+    values = {
+        "dcam": {0: {"a": 0.80, "mean": 0.70}, 1: {"a": 0.90, "mean": 0.74}, 2: {"a": 0.70, "mean": None}},
+        "stfpm": {0: {"a": 0.75, "mean": 0.68}, 1: {"a": 0.80, "mean": 0.70}},  # seed 2 not recorded
+    }
+    summary, paired = seed_tables(values, ["a", "mean"], baseline="stfpm", per_seed_column="mean")
+    summary_rows = [line.split(" | ") for line in summary.splitlines()[2:]]
+    # The baseline first; undefined values (a pixel metric without masks) are left out of mean ± std.
+    assert summary_rows == [["| stfpm", "2", "0.775 ± 0.035", "0.690 ± 0.014 |"],
+                            ["| dcam", "3", "0.800 ± 0.100", "0.720 ± 0.028 |"]]  # fmt: skip
+    # Differences over the seeds both rows have: a = +0.05, +0.10; mean = +0.02, +0.04.
+    assert paired.splitlines()[2] == "| dcam | 2 | +0.075 ± 0.035 | +0.030 ± 0.014 | s0 +0.020, s1 +0.040 |"
+
 @pytest.mark.slow
 def test_openvino_timing_runs_the_settings_that_benchmark_app_is_given(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -374,6 +388,26 @@ def test_speed_only_rows_carry_no_quality(tmp_path: Path, texture_root: Path) ->
     job = json.loads(next((tmp_path / "out").glob("jobs/*/train.json")).read_text())
     assert job["metrics"] is None  # never measured, not merely hidden
 
+
+
+def test_deployment_script_scores_precisions_with_the_per_category_metrics() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("deployment", REPOSITORY / "benchmarks" / "deployment.py")
+    deployment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deployment)
+    masks = np.zeros((4, 8, 8), np.uint8)
+    masks[2:, 2:4, 2:4] = 1
+    maps = np.full((4, 8, 8), 0.1, np.float32)
+    maps[2:, 2:4, 2:4] = 0.9  # every defect pixel above every normal one
+    predictions = {"pred_score": np.array([0.2, 0.6, 0.5, 0.9], np.float32), "anomaly_map": maps}
+    truth = {"gt_label": np.array([0, 0, 1, 1]), "gt_mask": masks}
+    metrics = deployment.compute_metrics(predictions, truth, np.ones(4, bool))
+    assert metrics == pytest.approx({"image_AUROC": 0.75, "pixel_AUROC": 1.0, "AUPRO": 1.0})
+    # Image labels only (no defect pixel in the selection): pixel metrics are undefined, not zero.
+    no_masks = deployment.compute_metrics(predictions, {**truth, "gt_mask": np.zeros_like(masks)}, np.ones(4, bool))
+    assert no_masks["image_AUROC"] == pytest.approx(0.75)
+    assert np.isnan(no_masks["pixel_AUROC"]) and np.isnan(no_masks["AUPRO"])
 
 @pytest.mark.slow
 def test_deployment_script_times_every_precision_with_its_settings(tmp_path: Path, texture_root: Path) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "markdown_table",
     "mean_std",
     "paired_differences",
+    "seed_tables",
     "write_report",
 ]
 
@@ -209,6 +210,48 @@ def format_per_seed(values_by_seed: Mapping[int, float], digits: int = 3, seed_l
     """Signed values seed by seed: ``"s0 +0.012, s1 -0.003"``, or ``"+0.012, -0.003"`` without ``seed_labels``."""
     return ", ".join(
         (f"s{seed} " if seed_labels else "") + f"{value:+.{digits}f}" for seed, value in values_by_seed.items()
+    )
+
+
+def seed_tables(
+    values: Mapping[str, Mapping[int, Mapping[str, float | None]]],
+    columns: Sequence[str],
+    baseline: str,
+    per_seed_column: str,
+    label: str = "row",
+) -> tuple[str, str]:
+    """The two tables of a multi-seed comparison, as Markdown.
+
+    Args:
+        values: ``{row: {seed: {column: value}}}``; a row may lack seeds (its cells use the seeds it has).
+        columns: The columns to summarise, in order.
+        baseline: The row every other row is compared with, seed by seed.
+        per_seed_column: The column whose paired differences are also listed seed by seed.
+        label: Header of the row-name column.
+
+    Returns:
+        ``mean ± std`` over seeds of every row and column (with the number of seeds), and every other row's paired
+        difference to ``baseline`` (``mean ± std`` over the seeds both have, and ``per_seed_column`` seed by seed).
+    """
+    rows = [baseline, *(row for row in values if row != baseline)]
+    summary = [
+        [row, len(values[row]), *(mean_std([seed[column] for seed in values[row].values()]) for column in columns)]
+        for row in rows
+    ]
+    paired = []
+    for row in rows[1:]:
+        differences = {
+            column: paired_differences(
+                {seed: by_column[column] for seed, by_column in values[row].items()},
+                {seed: by_column[column] for seed, by_column in values[baseline].items()},
+            )
+            for column in columns
+        }
+        cells = [mean_std(list(differences[column].values()), signed=True) for column in columns]
+        paired.append([row, len(differences[per_seed_column]), *cells, format_per_seed(differences[per_seed_column])])
+    return (
+        markdown_table([label, "n", *columns], summary),
+        markdown_table([label, "seeds", *columns, f"per seed ({per_seed_column})"], paired),
     )
 
 

@@ -55,11 +55,11 @@ def _size_mb(*paths: Path) -> float:
 
 def run_train(job_dir: Path) -> dict[str, Any]:
     """Train and test one job; save the trained model for the export phase."""
-    from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
     from anomalib_dcam.benchmark.callbacks import TrainingMonitor
     from anomalib_dcam.benchmark.models import build_datamodule, build_model
+    from anomalib_dcam.benchmark.training import timed_fit, timed_test
     from anomalib_dcam.callbacks import PerCategoryMetrics
 
     job = json.loads((job_dir / "job.json").read_text())
@@ -71,20 +71,14 @@ def run_train(job_dir: Path) -> dict[str, Any]:
     monitor = TrainingMonitor(on_epoch_end=lambda epoch, total: report_phase("fit", f"epoch {epoch}/{total} done"))
     # The report uses the per-category and mean rows; pooled pixel metrics would cost minutes and gigabytes.
     per_category = PerCategoryMetrics(output_dir=job_dir, print_table=False, global_pixel_metrics=False)
-    engine = Engine(
-        default_root_dir=job_dir / "engine",
-        logger=False,
-        callbacks=[monitor, per_category],
-        **{"enable_progress_bar": False, "enable_model_summary": False, **job["trainer"]},
-    )
     report_phase("fit", f"0/{job['trainer'].get('max_epochs', '?')} epochs")
-    start = time.perf_counter()
-    engine.fit(model=model, datamodule=datamodule)
+    trainer = {"enable_progress_bar": False, "enable_model_summary": False, **job["trainer"]}
+    engine, fit_seconds = timed_fit(model, datamodule, job_dir / "engine", [monitor, per_category], **trainer)
     result: dict[str, Any] = {
         "epochs": int(engine.trainer.current_epoch),
         "train_images_seen": monitor.images,
         "train_loop_s": monitor.seconds,
-        "fit_s": time.perf_counter() - start,
+        "fit_s": fit_seconds,
         "train_images_per_s": monitor.images / monitor.seconds if monitor.seconds > 0 else None,
         "train_peak_rss_mb": peak_rss_mb(),  # the high-water mark so far: imports, data and training
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -95,9 +89,7 @@ def run_train(job_dir: Path) -> dict[str, Any]:
     }
     if not speed_only:  # quality of random weights is never measured, let alone reported
         report_phase("test", "metrics")
-        start = time.perf_counter()
-        engine.test(model=model, datamodule=datamodule, verbose=False)
-        result["test_s"] = time.perf_counter() - start
+        result["test_s"] = timed_test(engine, model, datamodule)
         result["per_category"] = per_category.results
         result["metrics"] = next((row for row in per_category.results if row["category"] == "mean"), None)
     report_phase("save", "to_torch")
