@@ -35,7 +35,6 @@ from pathlib import Path
 
 import torch
 from runs import add_run_arguments
-from torchmetrics.functional.classification import binary_auroc
 from unified import build_run, run_folder
 
 EXPORT = {"input_size": [256, 256], "int8": "INT8_PTQ", "calibration": "NormalsCalibration(num_images=300)"}
@@ -92,6 +91,8 @@ def best_recall(normals: torch.Tensor, defects: torch.Tensor, false_alarms: int)
 
 def product_table(way: dict, raw: dict, products: list[str], categories: list[str], budget: float) -> dict:
     """Per product: false alarms, recall against the oracle, AUROC before and after, unknown-product shares."""
+    from anomalib_dcam.callbacks import compute_anomaly_metrics
+
     table = {}
     for category in categories:
         rows = [index for index, product in enumerate(products) if product == category]
@@ -112,8 +113,8 @@ def product_table(way: dict, raw: dict, products: list[str], categories: list[st
             "best_recall_budget": best_recall(
                 raw_scores[normal], raw_scores[defective], int(budget * int(normal.sum()))
             ),
-            "auroc_raw": float(binary_auroc(raw_scores, labels)),
-            "auroc": float(binary_auroc(scores, labels)),
+            "auroc_raw": compute_anomaly_metrics(raw_scores, labels)["image_AUROC"],
+            "auroc": compute_anomaly_metrics(scores, labels)["image_AUROC"],
             "normals_unknown": float(unknown[normal].float().mean()),
             "defects_unknown": float(unknown[defective].float().mean()),
             "recognised": sum(name == category for name in names) / len(names),

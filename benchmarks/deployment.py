@@ -126,6 +126,8 @@ def deployment_settings(args: argparse.Namespace) -> dict[str, Any]:
             "qat_irs_sha256": qat_irs,
         },
         "measure": {name: getattr(args, name) for name in MEASURE_OPTIONS},
+        # Saved metrics are reused only when computed the same way (undefined pixel metrics are NaN, not 0).
+        "metrics": "anomalib_dcam.callbacks.compute_anomaly_metrics (FPR limit 0.3)",
         "environment": environment(),
     }
 

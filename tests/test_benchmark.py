@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from anomalib_dcam.benchmark import callbacks, main, timing
+from anomalib_dcam.benchmark import callbacks, main, timing, training
 from anomalib_dcam.benchmark.config import ConfigError, load_config, parse_config
 from anomalib_dcam.benchmark.report import QUALITY_METRICS, RESULT_COLUMNS, seed_tables
 from conftest import requires_lite0, subprocess_env
@@ -216,6 +216,31 @@ def test_training_monitor_times_training_loops_without_validation(monkeypatch: p
     assert (monitor.seconds, monitor.images, monitor.first_batch_at, finished) == (3.5, 8, 11.0, [(1, 1)])
 
 
+def test_timed_fit_times_fitting_alone_with_an_engine_of_the_given_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    class RecordingEngine:
+        def __init__(self, **arguments: object) -> None:
+            calls.append(("engine", arguments))
+
+        def fit(self, model: object, datamodule: object) -> None:
+            calls.append(("fit", model, datamodule))
+
+        def test(self, model: object, datamodule: object, verbose: bool) -> None:
+            calls.append(("test", model, datamodule, verbose))
+
+    monkeypatch.setattr("anomalib.engine.Engine", RecordingEngine)
+    clock = iter([10.0, 12.5, 20.0, 21.0])  # fit from 10 to 12.5, test from 20 to 21
+    monkeypatch.setattr(training, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    monitor = callbacks.TrainingMonitor()
+    engine, fit_seconds = training.timed_fit("model", "data", Path("runs"), (monitor,), max_epochs=3, precision="bf16")
+    assert fit_seconds == 2.5
+    settings = {"default_root_dir": Path("runs"), "logger": False, "callbacks": [monitor], "max_epochs": 3}
+    assert calls == [("engine", {**settings, "precision": "bf16"}), ("fit", "model", "data")]
+    assert training.timed_test(engine, "model", "data") == 1.0
+    assert calls[-1] == ("test", "model", "data", False)
+
+
 def test_latency_is_the_median_of_timed_calls_after_the_warm_up() -> None:
     calls = []
     durations = timing.time_calls(lambda: calls.append(1), warmup=3, iterations=5)
@@ -225,19 +250,25 @@ def test_latency_is_the_median_of_timed_calls_after_the_warm_up() -> None:
     assert stats["latency_p90_ms"] == pytest.approx(61.6)
 
 
-
 def test_seed_tables_pair_rows_with_the_baseline_seed_by_seed() -> None:
+    nan = float("nan")  # a metric undefined for a category (pixel metrics without masks), as records hold it
     values = {
-        "dcam": {0: {"a": 0.80, "mean": 0.70}, 1: {"a": 0.90, "mean": 0.74}, 2: {"a": 0.70, "mean": None}},
+        "dcam": {0: {"a": 0.80, "mean": 0.70}, 1: {"a": 0.90, "mean": 0.74}, 2: {"a": 0.70, "mean": nan}},
         "stfpm": {0: {"a": 0.75, "mean": 0.68}, 1: {"a": 0.80, "mean": 0.70}},  # seed 2 not recorded
     }
     summary, paired = seed_tables(values, ["a", "mean"], baseline="stfpm", per_seed_column="mean")
-    summary_rows = [line.split(" | ") for line in summary.splitlines()[2:]]
-    # The baseline first; undefined values (a pixel metric without masks) are left out of mean ± std.
-    assert summary_rows == [["| stfpm", "2", "0.775 ± 0.035", "0.690 ± 0.014 |"],
-                            ["| dcam", "3", "0.800 ± 0.100", "0.720 ± 0.028 |"]]  # fmt: skip
+    assert summary.splitlines()[:2] == ["| row | n | a | mean |", "|---|---|---|---|"]
+    # The baseline first; undefined values are left out of mean ± std.
+    assert summary.splitlines()[2:] == ["| stfpm | 2 | 0.775 ± 0.035 | 0.690 ± 0.014 |",
+                                        "| dcam | 3 | 0.800 ± 0.100 | 0.720 ± 0.028 |"]  # fmt: skip
+    assert paired.splitlines()[0] == "| row | seeds | a | mean | per seed (mean) |"
     # Differences over the seeds both rows have: a = +0.05, +0.10; mean = +0.02, +0.04.
     assert paired.splitlines()[2] == "| dcam | 2 | +0.075 ± 0.035 | +0.030 ± 0.014 | s0 +0.020, s1 +0.040 |"
+    # With seed 2 recorded for both, its undefined difference is left out of the mean ± std, not made a number.
+    values["stfpm"][2] = {"a": 0.60, "mean": 0.69}
+    _, paired = seed_tables(values, ["a", "mean"], baseline="stfpm", per_seed_column="a")
+    assert paired.splitlines()[2] == "| dcam | 3 | +0.083 ± 0.029 | +0.030 ± 0.014 | s0 +0.050, s1 +0.100, s2 +0.100 |"
+
 
 @pytest.mark.slow
 def test_openvino_timing_runs_the_settings_that_benchmark_app_is_given(
@@ -389,7 +420,6 @@ def test_speed_only_rows_carry_no_quality(tmp_path: Path, texture_root: Path) ->
     assert job["metrics"] is None  # never measured, not merely hidden
 
 
-
 def test_deployment_script_scores_precisions_with_the_per_category_metrics() -> None:
     import importlib.util
 
@@ -404,10 +434,15 @@ def test_deployment_script_scores_precisions_with_the_per_category_metrics() -> 
     truth = {"gt_label": np.array([0, 0, 1, 1]), "gt_mask": masks}
     metrics = deployment.compute_metrics(predictions, truth, np.ones(4, bool))
     assert metrics == pytest.approx({"image_AUROC": 0.75, "pixel_AUROC": 1.0, "AUPRO": 1.0})
+    # Only the selected images count: without the normal scored 0.6, every defect outranks every normal.
+    selected = deployment.compute_metrics(predictions, truth, np.array([True, False, True, True]))
+    assert selected["image_AUROC"] == pytest.approx(1.0)
     # Image labels only (no defect pixel in the selection): pixel metrics are undefined, not zero.
     no_masks = deployment.compute_metrics(predictions, {**truth, "gt_mask": np.zeros_like(masks)}, np.ones(4, bool))
     assert no_masks["image_AUROC"] == pytest.approx(0.75)
-    assert np.isnan(no_masks["pixel_AUROC"]) and np.isnan(no_masks["AUPRO"])
+    assert np.isnan(no_masks["pixel_AUROC"])
+    assert np.isnan(no_masks["AUPRO"])
+
 
 @pytest.mark.slow
 def test_deployment_script_times_every_precision_with_its_settings(tmp_path: Path, texture_root: Path) -> None:
